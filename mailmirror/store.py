@@ -1,0 +1,107 @@
+"""The SQLite state store shared by mailmirror and failover.
+
+It owns opening the database (WAL, busy timeout), refusing a corrupt or too-new file, and
+applying each component's schema migrations. Components ("sync", "failover", ...) own their
+tables and pass their own migration lists; the store knows nothing of their meaning.
+A lost database is never treated as permission to delete: callers see an empty store only
+when the file did not exist.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from mailmirror.errors import StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema (
+    component TEXT PRIMARY KEY,
+    version   INTEGER NOT NULL
+)
+"""
+
+
+class Store:
+    """An open state database. Use as a context manager or call close()."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, created: bool) -> None:
+        self.path = path
+        self.conn = conn
+        self.created = created
+
+    def migrate(self, component: str, migrations: Sequence[str]) -> None:
+        """Bring `component`'s tables to len(migrations); each entry is one SQL script.
+
+        Raises StoreError when the database was written by a newer version of the component.
+        """
+        row = self.conn.execute(
+            "SELECT version FROM schema WHERE component = ?", (component,)
+        ).fetchone()
+        have = row[0] if row else 0
+        if have > len(migrations):
+            raise StoreError(
+                f"state database {self.path} has {component} schema v{have}, newer than this "
+                f"version understands (v{len(migrations)}): upgrade mailmirror or use --state"
+            )
+        if have == len(migrations):
+            return
+        try:
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                for script in migrations[have:]:
+                    for statement in _statements(script):
+                        self.conn.execute(statement)
+                self.conn.execute(
+                    "INSERT INTO schema(component, version) VALUES(?, ?) "
+                    "ON CONFLICT(component) DO UPDATE SET version = excluded.version",
+                    (component, len(migrations)),
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"state database {self.path}: migration failed: {exc}") from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def open_store(path: Path) -> Store:
+    """Open (creating if absent) the state database at `path`.
+
+    Raises StoreError with a one-line fix when the file is not a usable SQLite database,
+    is unwritable, or its parent cannot be created.
+    """
+    path = Path(path).expanduser()
+    created = not path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the state directory {path.parent}: {exc.strerror}; use --state PATH"
+        ) from exc
+    try:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        if not created:
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+        conn.execute(_SCHEMA)
+    except sqlite3.Error as exc:
+        raise StoreError(
+            f"state database {path} is unusable ({exc}); it was left untouched: move it aside "
+            "and the next sync starts safely from scratch (no deletions), or use --state PATH"
+        ) from exc
+    return Store(path, conn, created)
