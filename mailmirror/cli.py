@@ -1,0 +1,164 @@
+"""The `mailmirror` command line: the one place where errors become messages and exit codes.
+
+Thin on purpose: it parses arguments, opens replicas and the store, calls the engine and hands
+the report to report.py. Heavy modules are imported inside commands so `--help` stays fast.
+
+Exit codes: 0 in sync; 1 finished but some items were skipped (retried next run); 2 usage or
+configuration error; 3 fatal (a replica or the state store cannot be reached, read or locked).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mailmirror.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, MailmirrorError
+
+app = typer.Typer(
+    help="Two-way, message-aware Maildir sync.\n\n"
+    "Example: mailmirror sync ~/Maildir /srv/backup/Maildir\n\n"
+    "Exit codes: 0 in sync, 1 some items skipped, 2 usage/config error, 3 fatal.",
+    add_completion=True,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+StateOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045 (typer needs Optional)
+    "--state", help="State database (default: $MAILMIRROR_STATE or the XDG state dir).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--config", help="Config file (default: $MAILMIRROR_CONFIG or the XDG config dir).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
+
+
+def _fail(exc: BaseException, debug: bool) -> None:
+    if debug:
+        raise exc
+    message = str(exc) if isinstance(exc, MailmirrorError) else f"internal error: {exc!r}"
+    print(f"mailmirror: {message}", file=sys.stderr)
+    code = exc.exit_code if isinstance(exc, MailmirrorError) else EXIT_FATAL
+    raise typer.Exit(code)
+
+
+@app.command()
+def sync(
+    a: Annotated[str, typer.Argument(help="First maildir, or a profile name from the config.")],
+    b: Annotated[Optional[str], typer.Argument(help="Second maildir.")] = None,  # noqa: UP045
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan, change nothing.")]
+    = False,
+    prefer: Annotated[str, typer.Option(
+        "--prefer", help="Side that wins when both moved a message differently: a or b.")] = "a",
+    full: Annotated[bool, typer.Option(
+        "--full", help="List every folder even if its directory times are unchanged.")] = False,
+    allow_empty: Annotated[bool, typer.Option(
+        "--allow-empty", help="Sync even if one side suddenly holds no mail at all.")] = False,
+    layout: Annotated[str, typer.Option(help="Folder layout: maildir++ or fs.")] = "maildir++",
+    separator: Annotated[str, typer.Option(help="Info separator in file names: ':' ';' '!'.")]
+    = ":",
+    lock_timeout: Annotated[float, typer.Option(
+        help="Seconds to wait for another sync of the same pair.")] = 60.0,
+    state: StateOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Synchronise two maildirs both ways (creates the second one if it does not exist).
+
+    \b
+    Examples:
+      mailmirror sync ~/Maildir /srv/copy/Maildir
+      mailmirror sync --dry-run ~/Maildir /srv/copy/Maildir
+      mailmirror sync laptop            (a [profile.laptop] in the config)
+
+    \b
+    Exit codes: 0 in sync, 1 some items skipped (retried next run), 2 usage/config error,
+    3 fatal (replica or state unusable, or locked).
+    """
+    try:
+        code = _sync(a, b, dry_run, prefer, full, allow_empty, layout, separator, lock_timeout,
+                     state, config, json_out)
+    except (MailmirrorError, OSError) as exc:
+        if isinstance(exc, OSError):
+            exc = MailmirrorError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        _fail(exc, debug)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_empty: bool,
+          layout: str, separator: str, lock_timeout: float, state: Path | None,
+          config: Path | None, json_out: bool) -> int:
+    from mailmirror import paths
+    from mailmirror.errors import UsageError
+    from mailmirror.maildir.folders import LAYOUTS
+    from mailmirror.maildir.names import SEPARATORS
+    from mailmirror.replica.local import open_local
+    from mailmirror.report import Reporter
+    from mailmirror.store import open_store
+    from mailmirror.sync.engine import SyncOptions
+    from mailmirror.sync.engine import sync as run_sync
+    from mailmirror.sync.lock import pair_lock
+    from mailmirror.sync.model import Side
+    from mailmirror.sync.state import SyncState
+
+    if b is None:
+        from mailmirror.config import load_profile
+
+        profile = load_profile(config or paths.default_config_path(), a)
+        a, b, layout, separator, prefer = (profile.a, profile.b, profile.layout,
+                                           profile.separator, profile.prefer)
+    if prefer not in ("a", "b"):
+        raise UsageError(f"--prefer must be a or b, not {prefer!r}")
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    if separator not in SEPARATORS:
+        raise UsageError(f"--separator must be one of {' '.join(SEPARATORS)}")
+    state_path = state or paths.default_state_path()
+    reporter = Reporter(json_out=json_out, tty=sys.stderr.isatty())
+    replica_a = open_local(a, layout, separator)
+    replica_b = open_local(b, layout, separator)
+    with open_store(state_path) as store, pair_lock(state_path, replica_a.id, replica_b.id,
+                                                     lock_timeout):
+        with reporter.progress() as progress:
+            options = SyncOptions(prefer=Side(prefer), dry_run=dry_run, full=full,
+                                  allow_empty=allow_empty, progress=progress)
+            report = run_sync(replica_a, replica_b, SyncState(store), options)
+    reporter.finish(report)
+    return EXIT_PARTIAL if report.skipped else EXIT_OK
+
+
+@app.command()
+def status(
+    state: StateOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show every known replica pair: last run, outcome and counts.
+
+    Example: mailmirror status --json
+    """
+    from mailmirror import paths
+    from mailmirror.store import open_store
+    from mailmirror.sync.state import SyncState
+
+    try:
+        with open_store(state or paths.default_state_path()) as store:
+            runs = SyncState(store).runs()
+    except MailmirrorError as exc:
+        _fail(exc, debug)
+    if json_out:
+        print(json.dumps({"pairs": runs}, indent=2))
+        return
+    from mailmirror.report import print_status
+
+    print_status(runs)
+
+
+def main() -> None:
+    app()

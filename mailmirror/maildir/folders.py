@@ -1,0 +1,83 @@
+"""Folder names and layouts: canonical names ("INBOX", "Lists/Debian") <-> directories.
+
+Maildir++ (default): the root is INBOX, `.Lists.Debian/` a subfolder. `fs`: `Lists/Debian/`.
+Also owns creating a folder the way an MDA does and validating names from untrusted peers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+INBOX = "INBOX"
+MAILDIRPP = "maildir++"
+FS = "fs"
+LAYOUTS = (MAILDIRPP, FS)
+SUBDIRS = ("cur", "new", "tmp")
+
+
+class InvalidFolder(ValueError):
+    """A folder name that cannot be mapped safely inside a replica root."""
+
+
+def check_folder(folder: str, layout: str = MAILDIRPP) -> None:
+    """Raise InvalidFolder for names that could escape the root or collide with subdirs."""
+    if folder == INBOX:
+        return
+    parts = folder.split("/")
+    for part in parts:
+        if part in ("", ".", "..") or "\x00" in part or "\\" in part:
+            raise InvalidFolder(f"invalid folder name {folder!r}")
+        if any(ord(c) < 32 for c in part):
+            raise InvalidFolder(f"folder name {folder!r} contains a control byte")
+        if layout == MAILDIRPP and "." in part:
+            raise InvalidFolder(f"folder name {folder!r} has a '.', which Maildir++ cannot store")
+    if layout == FS and parts[-1] in SUBDIRS:
+        raise InvalidFolder(f"folder name {folder!r} collides with a maildir subdirectory")
+
+
+def folder_dir(root: Path, folder: str, layout: str = MAILDIRPP) -> Path:
+    """The directory holding cur/ new/ tmp/ of `folder`."""
+    if folder == INBOX:
+        return root
+    check_folder(folder, layout)
+    if layout == MAILDIRPP:
+        return root / ("." + folder.replace("/", "."))
+    return root.joinpath(*folder.split("/"))
+
+
+def list_folders(root: Path, layout: str = MAILDIRPP) -> list[str]:
+    """Every folder under `root` that has a cur/ directory (INBOX first when present)."""
+    found = [INBOX] if os.path.isdir(root / "cur") else []
+    if layout == MAILDIRPP:
+        with os.scandir(root) as it:
+            for entry in it:
+                name = entry.name
+                if (name.startswith(".") and name not in (".", "..")
+                        and entry.is_dir(follow_symlinks=False)
+                        and os.path.isdir(os.path.join(entry.path, "cur"))):
+                    folder = name[1:].replace(".", "/")
+                    try:
+                        check_folder(folder, layout)
+                    except InvalidFolder:
+                        continue
+                    found.append(folder)
+        return found
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in SUBDIRS and not d.startswith(".")]
+        rel = os.path.relpath(dirpath, root)
+        if rel != "." and os.path.isdir(os.path.join(dirpath, "cur")):
+            found.append(rel.replace(os.sep, "/"))
+    return found
+
+
+def create_folder(root: Path, folder: str, layout: str = MAILDIRPP) -> Path:
+    """Create `folder` with cur/ new/ tmp/ and, for subfolders, the `maildirfolder` marker."""
+    path = folder_dir(root, folder, layout)
+    for sub in SUBDIRS:
+        (path / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    if folder != INBOX:
+        marker = path / "maildirfolder"
+        if not marker.exists():
+            marker.touch(mode=0o600)
+    return path

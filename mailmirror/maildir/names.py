@@ -1,0 +1,106 @@
+"""Maildir message file names: parse, format, and derive a message's identity (its key).
+
+A name is `UNIQUE` or `UNIQUE<sep>INFO`; with INFO `2,FLAGS` the flags are letters: system flags
+`D F P R S T` (uppercase, ASCII order) and Dovecot keyword letters `a`-`z`, whose meaning is per
+folder. Pure: no file system access here; hostile names are rejected, never cleaned up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+SYSTEM_FLAGS = frozenset("DFPRST")
+SEPARATORS = (":", ";", "!")
+MAX_NAME = 255
+_LOCAL_FIELD = re.compile(r",U=\d+(?=,|$)")
+_FORBIDDEN = re.compile(r"[/\x00-\x1f\x7f]")
+
+
+class InvalidName(ValueError):
+    """A file name that cannot be a message of ours (path separator, control byte, too long)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Name:
+    """One parsed message file name.
+
+    `unique` is the part before the separator exactly as on disk (it may hold replica-local
+    fields such as mbsync's `,U=`); `info` is the text after the separator, or None.
+    """
+
+    unique: str
+    info: str | None
+
+    @property
+    def key(self) -> str:
+        """The message identity: the unique part minus replica-local fields."""
+        return key_of(self.unique)
+
+    @property
+    def has_flags(self) -> bool:
+        """True when info is the standard `2,` kind, so `letters` means flags."""
+        return self.info is not None and self.info.startswith("2,")
+
+    @property
+    def letters(self) -> str:
+        """The flag letters of a `2,` info, as on disk; empty otherwise."""
+        return self.info[2:] if self.has_flags else ""
+
+
+def key_of(unique: str) -> str:
+    """Strip replica-local fields so one message has one key on every replica."""
+    return _LOCAL_FIELD.sub("", unique) if ",U=" in unique else unique
+
+
+def check_name(name: str) -> None:
+    """Raise InvalidName for a name that must never be turned into a path."""
+    if not name or name in (".", "..") or len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
+        raise InvalidName(f"invalid message file name {name!r}")
+    if _FORBIDDEN.search(name):
+        raise InvalidName(f"message file name {name!r} contains a separator or control byte")
+
+
+def parse_name(name: str, sep: str = ":") -> Name:
+    """Split a file name into unique part and info. Raises InvalidName for hostile names."""
+    check_name(name)
+    unique, found, info = name.partition(sep)
+    if not unique:
+        raise InvalidName(f"message file name {name!r} has an empty unique part")
+    return Name(unique, info if found else None)
+
+
+def format_name(unique: str, letters: str | None, sep: str = ":") -> str:
+    """Build a file name; `letters` None means no info at all (a fresh message in new/)."""
+    if letters is None:
+        return unique
+    return f"{unique}{sep}2,{sort_letters(letters)}"
+
+
+def sort_letters(letters: str) -> str:
+    """Flags in ASCII order without repeats, as the Maildir spec asks."""
+    return "".join(sorted(set(letters)))
+
+
+def fresh_unique(key: str, salt: str) -> str:
+    """A new unique part for a message that must stop sharing `key` with another one.
+
+    Deterministic (the planner is pure), distinct per salt, and keeps the `,S=`/`,W=` fields
+    so readers still know the size without stat().
+    """
+    head, comma, fields = key.partition(",")
+    digest = hashlib.sha1(f"{key}\0{salt}".encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return f"{head}.mm{digest}{comma}{fields}"
+
+
+def size_of(unique: str) -> int | None:
+    """The `,S=` size field, when the delivering agent wrote one."""
+    at = unique.find(",S=")
+    if at < 0:
+        return None
+    end = at + 3
+    while end < len(unique) and unique[end].isdigit():
+        end += 1
+    digits = unique[at + 3 : end]
+    return int(digits) if digits else None

@@ -1,0 +1,126 @@
+"""The replica interface: everything the engine may ask of one Maildir tree.
+
+Every replica kind (local directory, remote agent over SSH, SFTP) implements this contract and
+is checked by the same contract tests. Operations come in batches so a remote replica can
+pipeline them; each item gets its own Result, so one bad message never stops a batch.
+
+Contract shared by all operations:
+- A message is addressed by (folder, relname) with relname "cur/NAME" or "new/NAME".
+- Nothing is ever clobbered: publishing or renaming onto an existing name gives EXISTS.
+- A source name that vanished (a mail client renamed or expunged it meanwhile) gives GONE; the
+  engine skips it and the next run picks the change up.
+- A published message is durable: its data reached the disk before its name appeared.
+- Raising ReplicaError means the whole replica is unusable for this run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """The mtimes (ns) of a folder's cur/ and new/ directories: names change => stamp changes."""
+
+    cur: int
+    new: int
+
+
+class Outcome(Enum):
+    OK = "ok"
+    GONE = "gone"  # the source name is no longer there
+    EXISTS = "exists"  # the target name is taken
+    FAILED = "failed"  # an I/O error on this item only (detail says which)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    outcome: Outcome
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
+
+
+OK = Result(Outcome.OK)
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    folder: str
+    relname: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rename:
+    source: Ref
+    target: Ref
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    target: Ref
+    data: bytes
+
+
+class Replica(Protocol):
+    """One Maildir tree, local or remote. See the module docstring for the shared contract."""
+
+    id: str
+    label: str
+    sep: str
+
+    def clock_ns(self) -> int:
+        """The replica's own wall clock, for the mtime safety margin (clocks differ)."""
+        ...
+
+    def stamps(self) -> dict[str, Stamp]:
+        """Every folder and its stamp. Cheap: no message is listed."""
+        ...
+
+    def list(self, folders: Sequence[str]) -> dict[str, list[str]]:
+        """The relnames of every message in each folder; tmp/ and dot files are left out."""
+        ...
+
+    def sizes(self, refs: Sequence[Ref]) -> list[int | None]:
+        """File sizes (None where gone): only for the few keys whose names carry no ,S=."""
+        ...
+
+    def keywords(self, folder: str) -> dict[str, str]:
+        """The folder's keyword letters: letter -> name."""
+        ...
+
+    def add_keywords(self, folder: str, names: Iterable[str]) -> dict[str, str]:
+        """Give each name a letter in this folder (as Dovecot does); return letter -> name."""
+        ...
+
+    def create_folder(self, folder: str) -> None:
+        """Create the folder with cur/ new/ tmp/ and the maildirfolder marker; idempotent."""
+        ...
+
+    def remove_folder(self, folder: str) -> bool:
+        """Remove a folder that holds no message any more; False (and untouched) otherwise."""
+        ...
+
+    def read(self, refs: Sequence[Ref]) -> list[bytes | Result]:
+        """Message contents, or a Result saying why one could not be read."""
+        ...
+
+    def deliver(self, items: Sequence[Delivery]) -> list[Result]:
+        """Write each message to tmp/, make the batch durable, then publish without clobbering."""
+        ...
+
+    def rename(self, items: Sequence[Rename]) -> list[Result]:
+        """Atomically rename within the replica (flags, new->cur, folder moves)."""
+        ...
+
+    def delete(self, refs: Sequence[Ref]) -> list[Result]:
+        """Remove messages whose names are still exactly these."""
+        ...
+
+    def close(self) -> None:
+        ...

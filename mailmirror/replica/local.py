@@ -1,0 +1,378 @@
+"""A replica that is a Maildir tree on this machine.
+
+It implements the contract in replica/base.py with plain system calls: listing by names only
+(os.listdir, no stat per message), tmp/ -> one syncfs barrier -> no-clobber rename for
+deliveries, and renameat2(RENAME_NOREPLACE) for flag changes and moves. The remote agent serves
+its side through this same class, so both ends share one implementation of the safety rules.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import socket
+import stat
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from mailmirror.errors import ReplicaError
+from mailmirror.maildir import keywords as kw
+from mailmirror.maildir.folders import (
+    INBOX,
+    MAILDIRPP,
+    create_folder,
+    folder_dir,
+    list_folders,
+)
+from mailmirror.maildir.fsops import fsync_dir, rename_noreplace, sync_filesystem
+from mailmirror.maildir.names import check_name
+from mailmirror.replica.base import (
+    OK,
+    Delivery,
+    Outcome,
+    Ref,
+    Rename,
+    Result,
+    Stamp,
+)
+
+ID_FILE = "mailmirror-id"
+TMP_SUFFIX = ".mmtmp"
+MAX_MESSAGE = 1 << 30
+_SUBDIRS = ("cur", "new")
+
+
+class LocalReplica:
+    """A local Maildir root. Construct with open_local(); see replica/base.py for the contract."""
+
+    def __init__(self, root: Path, layout: str = MAILDIRPP, sep: str = ":") -> None:
+        self.root = root
+        self.layout = layout
+        self.sep = sep
+        self.label = str(root)
+        self.id = _read_or_create_id(root)
+        self._host = socket.gethostname().replace("/", "_").replace(":", "_")
+        self._counter = itertools.count()
+        self._cleaned: set[str] = set()
+
+    def clock_ns(self) -> int:
+        return time.time_ns()
+
+    def stamps(self) -> dict[str, Stamp]:
+        result = {}
+        try:
+            folders = list_folders(self.root, self.layout)
+        except OSError as exc:
+            raise ReplicaError(f"cannot list folders of {self.root}: {exc.strerror}") from exc
+        for folder in folders:
+            base = folder_dir(self.root, folder, self.layout)
+            result[folder] = Stamp(_mtime(base / "cur"), _mtime(base / "new"))
+        return result
+
+    def list(self, folders: Sequence[str]) -> dict[str, list[str]]:
+        listing = {}
+        for folder in folders:
+            base = folder_dir(self.root, folder, self.layout)
+            names: list[str] = []
+            for sub in _SUBDIRS:
+                try:
+                    entries = os.listdir(base / sub)
+                except FileNotFoundError:
+                    continue
+                prefix = sub + "/"
+                names.extend(prefix + n for n in entries if n[0] != ".")
+            listing[folder] = names
+        return listing
+
+    def sizes(self, refs: Sequence[Ref]) -> list[int | None]:
+        out: list[int | None] = []
+        for ref in refs:
+            try:
+                out.append(os.lstat(self._path(ref)).st_size)
+            except (FileNotFoundError, ValueError):
+                out.append(None)
+        return out
+
+    def keywords(self, folder: str) -> dict[str, str]:
+        return kw.read_keywords(folder_dir(self.root, folder, self.layout))
+
+    def add_keywords(self, folder: str, names: Iterable[str]) -> dict[str, str]:
+        return kw.add_keywords(folder_dir(self.root, folder, self.layout), set(names))
+
+    def create_folder(self, folder: str) -> None:
+        create_folder(self.root, folder, self.layout)
+
+    def remove_folder(self, folder: str) -> bool:
+        if folder == INBOX:
+            return False
+        path = folder_dir(self.root, folder, self.layout)
+        try:
+            if any(os.listdir(path / sub) for sub in ("cur", "new", "tmp")):
+                return False
+            for sub in ("cur", "new", "tmp"):
+                os.rmdir(path / sub)
+            for name in os.listdir(path):
+                if name == "maildirfolder" or name.startswith(("dovecot", "courierimap",
+                                                              "maildirsize")):
+                    os.unlink(path / name)
+            os.rmdir(path)
+        except OSError:
+            return False
+        return True
+
+    def read(self, refs: Sequence[Ref]) -> list[bytes | Result]:
+        out: list[bytes | Result] = []
+        for ref in refs:
+            try:
+                out.append(self._read_one(self._path(ref)))
+            except FileNotFoundError:
+                out.append(Result(Outcome.GONE))
+            except (OSError, ValueError) as exc:
+                out.append(Result(Outcome.FAILED, f"cannot read {ref.folder}/{ref.relname}: {exc}"))
+        return out
+
+    def _read_one(self, path: str) -> bytes:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError("not a regular file")
+            if st.st_size > MAX_MESSAGE:
+                raise ValueError(f"larger than {MAX_MESSAGE} bytes")
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def deliver(self, items: Sequence[Delivery]) -> list[Result]:
+        results: list[Result] = [OK] * len(items)
+        staged: list[tuple[int, str, str]] = []
+        for i, item in enumerate(items):
+            try:
+                target = self._path(item.target)
+                tmp = self._tmp_path(item.target.folder)
+                _write_new(tmp, item.data)
+                staged.append((i, tmp, target))
+            except (OSError, ValueError) as exc:
+                results[i] = Result(Outcome.FAILED, _describe(exc, item.target))
+        if not staged:
+            return results
+        try:
+            sync_filesystem(str(self.root))
+        except OSError as exc:
+            for i, tmp, _ in staged:
+                _unlink_quietly(tmp)
+                results[i] = Result(Outcome.FAILED, f"flushing {self.root} failed: {exc}")
+            return results
+        touched = set()
+        for i, tmp, target in staged:
+            try:
+                rename_noreplace(tmp, target)
+                touched.add(os.path.dirname(target))
+            except FileExistsError:
+                _unlink_quietly(tmp)
+                results[i] = Result(Outcome.EXISTS)
+            except OSError as exc:
+                _unlink_quietly(tmp)
+                results[i] = Result(Outcome.FAILED, _describe(exc, items[i].target))
+        self._sync_dirs(touched, results)
+        return results
+
+    def rename(self, items: Sequence[Rename]) -> list[Result]:
+        results: list[Result] = []
+        touched = set()
+        for item in items:
+            try:
+                source, target = self._path(item.source), self._path(item.target)
+                rename_noreplace(source, target)
+                touched.update((os.path.dirname(source), os.path.dirname(target)))
+                results.append(OK)
+            except FileNotFoundError:
+                results.append(Result(Outcome.GONE))
+            except FileExistsError:
+                results.append(Result(Outcome.EXISTS))
+            except (OSError, ValueError) as exc:
+                results.append(Result(Outcome.FAILED, _describe(exc, item.source)))
+        self._sync_dirs(touched, results)
+        return results
+
+    def delete(self, refs: Sequence[Ref]) -> list[Result]:
+        results: list[Result] = []
+        touched = set()
+        for ref in refs:
+            try:
+                path = self._path(ref)
+                os.unlink(path)
+                touched.add(os.path.dirname(path))
+                results.append(OK)
+            except FileNotFoundError:
+                results.append(Result(Outcome.GONE))
+            except (OSError, ValueError) as exc:
+                results.append(Result(Outcome.FAILED, _describe(exc, ref)))
+        self._sync_dirs(touched, results)
+        return results
+
+    def close(self) -> None:
+        pass
+
+    def _path(self, ref: Ref) -> str:
+        sub, _, name = ref.relname.partition("/")
+        if sub not in _SUBDIRS:
+            raise ValueError(f"invalid message path {ref.relname!r}")
+        check_name(name)
+        return os.path.join(folder_dir(self.root, ref.folder, self.layout), sub, name)
+
+    def _tmp_path(self, folder: str) -> str:
+        tmp_dir = os.path.join(folder_dir(self.root, folder, self.layout), "tmp")
+        if folder not in self._cleaned:
+            self._cleaned.add(folder)
+            _remove_stale_tmp(tmp_dir, self._host)
+        n = next(self._counter)
+        name = f"{time.time_ns()}.M{n}P{os.getpid()}.{self._host}{TMP_SUFFIX}"
+        return os.path.join(tmp_dir, name)
+
+    def _sync_dirs(self, dirs: set[str], results: list[Result]) -> None:
+        for path in dirs:
+            try:
+                fsync_dir(path)
+            except OSError as exc:
+                # the renames happened but may not survive a power cut: say so, keep going
+                for i, result in enumerate(results):
+                    if result.ok:
+                        results[i] = Result(Outcome.FAILED, f"fsync of {path} failed: {exc}")
+                return
+
+
+def open_local(path: str | Path, layout: str = MAILDIRPP, sep: str = ":",
+               create: bool = True) -> LocalReplica:
+    """Open a local maildir root, creating an empty one when the path does not exist yet.
+
+    Raises ReplicaError naming the path and the fix when it is not (or cannot be) a maildir.
+    """
+    root = Path(path).expanduser().absolute()
+    if not root.exists():
+        if not root.parent.is_dir():
+            raise ReplicaError(f"{root.parent} does not exist: create it first, or check the path")
+        if not create:
+            raise ReplicaError(f"{root} does not exist")
+        try:
+            create_folder(root, "INBOX", layout)
+        except OSError as exc:
+            raise ReplicaError(f"cannot create maildir {root}: {exc.strerror}") from exc
+    elif not root.is_dir():
+        raise ReplicaError(f"{root} is not a directory: give the path of a maildir")
+    else:
+        _check_maildir(root, layout)
+    if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
+        raise ReplicaError(f"{root} is not readable and writable by this user: fix its owner")
+    return LocalReplica(root, layout, sep)
+
+
+def _check_maildir(root: Path, layout: str) -> None:
+    present = {sub: (root / sub).is_dir() for sub in ("cur", "new", "tmp")}
+    if all(present.values()):
+        return
+    if any(present.values()):
+        absent = [str(root / sub) for sub, ok in present.items() if not ok]
+        raise ReplicaError(f"{root} is not a complete maildir: create the missing "
+                           f"directories with: mkdir {' '.join(absent)}")
+    try:
+        entries = [e for e in os.listdir(root) if e != ID_FILE]
+    except OSError as exc:
+        raise ReplicaError(f"cannot read {root}: {exc.strerror}") from exc
+    if entries and layout == MAILDIRPP:
+        raise ReplicaError(f"{root} is not a maildir (no cur/ new/ tmp/) and not empty: "
+                           "check the path")
+    try:
+        create_folder(root, "INBOX", layout)
+    except OSError as exc:
+        raise ReplicaError(f"cannot create maildir {root}: {exc.strerror}") from exc
+
+
+def _read_or_create_id(root: Path) -> str:
+    path = root / ID_FILE
+    try:
+        text = path.read_text("ascii").strip()
+        if text:
+            return text
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReplicaError(f"cannot read replica id {path}: {exc}") from exc
+    new_id = uuid.uuid4().hex
+    tmp = root / "tmp" / f"{ID_FILE}.{os.getpid()}"
+    try:
+        _write_new(str(tmp), (new_id + "\n").encode(), durable=True)
+        rename_noreplace(str(tmp), str(path))
+        fsync_dir(str(root))
+    except FileExistsError:
+        os.unlink(tmp)
+        return path.read_text("ascii").strip()
+    except OSError as exc:
+        raise ReplicaError(f"cannot create replica id {path}: {exc.strerror}") from exc
+    return new_id
+
+
+def _write_new(path: str, data: bytes, durable: bool = False) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(path)
+        raise
+    os.close(fd)
+
+
+def _remove_stale_tmp(tmp_dir: str, host: str) -> None:
+    """Remove our own temp files left by a killed run (same host, process gone)."""
+    try:
+        names = os.listdir(tmp_dir)
+    except OSError:
+        return
+    for name in names:
+        if not name.endswith(f".{host}{TMP_SUFFIX}"):
+            continue
+        pid = name.split("P", 1)[-1].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            _unlink_quietly(os.path.join(tmp_dir, name))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _describe(exc: Exception, ref: Ref) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"no space left writing {ref.folder}/{ref.relname}"
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"{ref.folder}/{ref.relname}: {reason}"

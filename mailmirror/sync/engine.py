@@ -1,0 +1,441 @@
+"""One sync run: scan (I/O) -> plan (pure) -> execute (I/O) -> record.
+
+Execution order per run: folders are created, renames (rekeys, flag changes, moves), deletions,
+then copies in batches. A decision's base rows are written only after all of its actions
+succeeded, in the same batch as they finish ("record last"). A decision that failed part-way
+keeps its old base, except after a rekey, where the base is forgotten so the next run merges
+(union) instead of reading the rename as a deletion. Crash invariant: at any point, every
+message is in cur/ or new/ on at least one side under its key, or its base says it was deleted;
+nothing half-written is ever in cur/ or new/.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mailmirror.errors import SafetyStop, UsageError
+from mailmirror.maildir.names import fresh_unique, key_of, sort_letters
+from mailmirror.replica.base import Delivery, Outcome, Ref, Rename, Replica, Result
+from mailmirror.sync import reconcile
+from mailmirror.sync.flags import FlagCodec
+from mailmirror.sync.model import (
+    NEW,
+    Conflict,
+    Copy,
+    Decision,
+    Delete,
+    Entry,
+    Move,
+    Plan,
+    Rekey,
+    Side,
+)
+from mailmirror.sync.scan import Loc, Scan, scan, side_code
+from mailmirror.sync.state import BaseRow, FolderRow, SyncState
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class SyncOptions:
+    prefer: Side = Side.A
+    dry_run: bool = False
+    full: bool = False
+    allow_empty: bool = False
+    margin_ns: int = 2_000_000_000
+    batch_count: int = 1000
+    batch_bytes: int = 32 << 20
+    progress: ProgressFn | None = None
+
+
+@dataclass
+class SyncReport:
+    """What a run did, for the summary table, --json and the run history."""
+
+    labels: dict[Side, str]
+    counts: Counter[str] = field(default_factory=Counter)
+    conflicts: list[Conflict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    bytes: int = 0
+    seconds: float = 0.0
+    plan: Plan | None = None
+    dry_run: bool = False
+
+    @property
+    def outcome(self) -> str:
+        return "partial" if self.skipped else "ok"
+
+    def to_json(self) -> dict:
+        return {
+            "outcome": self.outcome,
+            "dry_run": self.dry_run,
+            "a": self.labels[Side.A],
+            "b": self.labels[Side.B],
+            "counts": dict(sorted(self.counts.items())),
+            "conflicts": [
+                {"key": c.key, "kind": c.kind, "resolution": c.resolution} for c in self.conflicts
+            ],
+            "skipped": self.skipped,
+            "notices": self.notices,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def describe(action: Copy | Move | Delete | Rekey) -> str:
+    """The counter name of an action: kind and direction, e.g. 'copy a->b', 'move b'."""
+    if isinstance(action, Copy):
+        return f"copy {action.source.value}->{action.side.value}"
+    kind = {Move: "move", Delete: "delete", Rekey: "rekey"}[type(action)]
+    return f"{kind} {action.side.value}"
+
+
+def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> SyncReport:
+    """Bring replicas a and b to the same messages; see the module docstring for the order.
+
+    Raises UsageError when both are the same replica and SafetyStop when one looks emptied.
+    Per-message failures do not raise: they are listed in report.skipped.
+    """
+    started = time.monotonic()
+    replicas = {Side.A: a, Side.B: b}
+    if a.id == b.id:
+        raise UsageError(f"{a.label} and {b.label} are the same replica (same id): "
+                         "give two different maildirs")
+    low = Side.A if a.id < b.id else Side.B
+    pair = state.pair(replicas[low].id, replicas[low.other].id,
+                      replicas[low].label, replicas[low.other].label)
+    report = SyncReport({s: r.label for s, r in replicas.items()}, dry_run=options.dry_run)
+    if pair.created:
+        report.notices.append("first sync of these two replicas: merging both sides, "
+                              "nothing is deleted")
+    codec = FlagCodec(replicas)
+    found = scan(replicas, state, pair.pair_id, low, codec, options.full, options.margin_ns)
+    if not options.allow_empty:
+        _check_not_emptied(replicas, found)
+    plan = reconcile.plan(
+        found.candidates,
+        {k: row.entry for k, row in found.base.items()},
+        {k: loc.entry for k, loc in found.current[Side.A].items()},
+        {k: loc.entry for k, loc in found.current[Side.B].items()},
+        options.prefer,
+    )
+    report.plan = plan
+    report.conflicts.extend(plan.conflicts)
+    report.skipped.extend(found.invalid)
+    if options.dry_run:
+        report.counts.update(describe(x) for x in plan.actions)
+        report.seconds = time.monotonic() - started
+        return report
+    run_id = state.start_run(pair.pair_id)
+    outcome = "failed"
+    try:
+        executor = _Executor(replicas, found, codec, state, pair.pair_id, low, report, options)
+        executor.run(plan)
+        outcome = report.outcome
+    finally:
+        report.seconds = time.monotonic() - started
+        state.end_run(run_id, outcome, report.to_json())
+    return report
+
+
+def _check_not_emptied(replicas: dict[Side, Replica], found: Scan) -> None:
+    """Stop when a replica lists nothing at all where the base knows messages (unmounted?)."""
+    for s in Side:
+        expected = sum(1 for row in found.base.values() if row.entry.folder in found.dirty[s])
+        whole = set(found.stamps[s]) <= found.dirty[s]
+        if whole and expected and found.listed_count[s] == 0:
+            raise SafetyStop(
+                f"{replicas[s].label} looks empty but held {expected} messages at the last sync: "
+                "is the disk mounted? Nothing was changed; rerun with --allow-empty if the "
+                "mail really was deleted")
+
+
+class _Executor:
+    """Applies a plan to both replicas and records the base as decisions complete."""
+
+    def __init__(self, replicas: dict[Side, Replica], found: Scan, codec: FlagCodec,
+                 state: SyncState, pair_id: int, low: Side, report: SyncReport,
+                 options: SyncOptions) -> None:
+        self.replicas = replicas
+        self.found = found
+        self.codec = codec
+        self.state = state
+        self.pair_id = pair_id
+        self.low = low
+        self.report = report
+        self.options = options
+        self.locs: dict[tuple[Side, str], Loc] = {
+            (s, k): loc for s in Side for k, loc in found.current[s].items()
+        }
+        self.names: dict[tuple[Side, str], str] = {}
+        self.pending: dict[int, int] = {}
+        self.failed: set[int] = set()
+        self.decisions: list[Decision] = []
+        self.ready: list[tuple[str, BaseRow | None]] = []
+        self.touched: set[tuple[Side, str]] = set()
+        self.unsettled: set[tuple[Side, str]] = set()
+
+    # -- driving -------------------------------------------------------------------------
+    def run(self, plan: Plan) -> None:
+        self._fix_duplicates()
+        renames: dict[Side, list[tuple[int, Rekey | Move]]] = {Side.A: [], Side.B: []}
+        deletes: dict[Side, list[tuple[int, Delete]]] = {Side.A: [], Side.B: []}
+        copies: list[tuple[int, Copy]] = []
+        for i, decision in enumerate(plan.decisions):
+            self.decisions.append(decision)
+            self.pending[i] = len(decision.actions)
+            if not decision.actions:
+                self._finish(i)
+            for action in decision.actions:
+                if isinstance(action, Copy):
+                    copies.append((i, action))
+                elif isinstance(action, Delete):
+                    deletes[action.side].append((i, action))
+                else:
+                    renames[action.side].append((i, action))
+        self._create_folders(plan)
+        for s in Side:
+            self._renames(s, renames[s])
+            self._deletes(s, deletes[s])
+        self._flush_base()
+        self._copies(copies)
+        self._flush_base()
+        self._remove_deleted_folders()
+        self._record_folders()
+        self.report.skipped.extend(self.codec.problems)
+
+    def _done(self, i: int, action: object, result: Result) -> None:
+        if result.ok:
+            self.report.counts[describe(action)] += 1  # type: ignore[arg-type]
+        else:
+            self.failed.add(i)
+            self._unsettle(self.decisions[i].key)
+            what = describe(action)  # type: ignore[arg-type]
+            reason = result.detail or {
+                Outcome.GONE: "changed meanwhile, retried next run",
+                Outcome.EXISTS: "target name already exists, retried next run",
+            }.get(result.outcome, result.outcome.value)
+            self.report.skipped.append(f"{what} {self.decisions[i].key}: {reason}")
+        self.pending[i] -= 1
+        if self.pending[i] == 0:
+            self._finish(i)
+
+    def _finish(self, i: int) -> None:
+        decision = self.decisions[i]
+        if i in self.failed:
+            if any(isinstance(a, Rekey) for a in decision.actions):
+                self.ready.extend((k, None) for k in decision.base)
+            return
+        for key, entry in decision.base.items():
+            if entry is None:
+                self.ready.append((key, None))
+                continue
+            names = []
+            for s in (self.low, self.low.other):
+                relname = self.names.get((s, key)) or self.locs[(s, key)].relname
+                names.append(relname.partition("/")[2])
+            self.ready.append((key, BaseRow(entry, (names[0], names[1]))))
+
+    def _flush_base(self) -> None:
+        if self.ready:
+            self.state.write_base(self.pair_id, self.ready)
+            self.ready = []
+
+    def _unsettle(self, key: str) -> None:
+        for s in Side:
+            loc = self.locs.get((s, key))
+            if loc is not None:
+                self.unsettled.add((s, loc.entry.folder))
+        row = self.found.base.get(key)
+        if row is not None:
+            self.unsettled.update((s, row.entry.folder) for s in Side)
+
+    # -- names ---------------------------------------------------------------------------
+    def _relname(self, side: Side, key: str, entry: Entry, loc: Loc | None,
+                 unique: str | None = None) -> str:
+        """The file name `entry` gets on `side`; letters and info follow that side's rules."""
+        same_folder = loc is not None and loc.entry.folder == entry.folder
+        if unique is None:
+            unique = loc.unique if same_folder and loc is not None else key
+        letters = self.codec.encode(side, entry.folder, entry.flags)
+        if same_folder and loc is not None:
+            letters = sort_letters(letters + loc.opaque)
+            if loc.raw_info is not None and not letters:
+                return f"{entry.subdir}/{unique}{self.replicas[side].sep}{loc.raw_info}"
+        if entry.subdir == NEW and not letters:
+            return f"{NEW}/{unique}"
+        return f"{entry.subdir}/{unique}{self.replicas[side].sep}2,{letters}"
+
+    # -- phases --------------------------------------------------------------------------
+    def _fix_duplicates(self) -> None:
+        """A key present twice on one side (a copied file): the extra gets a fresh key."""
+        for s, extras in self.found.duplicates.items():
+            items, notes = [], []
+            for loc in extras:
+                new_unique = fresh_unique(key_of(loc.unique), loc.relname)
+                target = self._relname(s, new_unique, loc.entry, loc, unique=new_unique)
+                items.append(Rename(Ref(loc.entry.folder, loc.relname),
+                                    Ref(loc.entry.folder, target)))
+                notes.append(f"{loc.entry.folder}/{loc.relname} duplicated another message's "
+                             f"name on {self.replicas[s].label}: renamed, synced next run")
+                self.touched.add((s, loc.entry.folder))
+                self.unsettled.add((s, loc.entry.folder))
+            for note, result in zip(notes, self.replicas[s].rename(items), strict=True):
+                self.report.notices.append(note if result.ok else f"{note} (failed: {result})")
+
+    def _create_folders(self, plan: Plan) -> None:
+        found = self.found
+        for s in Side:
+            have = set(found.stamps[s])
+            want = {a.entry.folder for a in plan.actions
+                    if isinstance(a, Copy | Move) and a.side is s}
+            code = side_code(s, self.low)
+            for folder in found.stamps[s.other]:
+                # a folder only the other side has: new there (create here), unless it was
+                # deleted here since the last sync (then it goes there, see below)
+                if folder not in have and (folder, code) not in found.known:
+                    want.add(folder)
+            for folder in sorted(want - have):
+                self.replicas[s].create_folder(folder)
+                self.touched.add((s, folder))
+                self.report.counts[f"folder+ {s.value}"] += 1
+
+    def _renames(self, side: Side, work: list[tuple[int, Rekey | Move]]) -> None:
+        if not work:
+            return
+        items = []
+        for _, action in work:
+            loc = self.locs[(side, action.key)]
+            if isinstance(action, Rekey):
+                new_unique = action.new_key
+                target = self._relname(side, new_unique, loc.entry, loc, unique=new_unique)
+                self.names[(side, action.new_key)] = target
+                self.locs[(side, action.new_key)] = Loc(loc.entry, target, new_unique, loc.opaque,
+                                                        loc.raw_info)
+                dest_folder = loc.entry.folder
+            else:
+                target = self._relname(side, action.key, action.entry, loc)
+                self.names[(side, action.key)] = target
+                dest_folder = action.entry.folder
+            items.append(Rename(Ref(loc.entry.folder, loc.relname), Ref(dest_folder, target)))
+            self.touched.update(((side, loc.entry.folder), (side, dest_folder)))
+        results = self._chunked(self.replicas[side].rename, items, "rename")
+        for (i, action), result in zip(work, results, strict=True):
+            self._done(i, action, result)
+
+    def _deletes(self, side: Side, work: list[tuple[int, Delete]]) -> None:
+        if not work:
+            return
+        refs = []
+        for _, action in work:
+            loc = self.locs[(side, action.key)]
+            refs.append(Ref(loc.entry.folder, loc.relname))
+            self.touched.add((side, loc.entry.folder))
+        results = self._chunked(self.replicas[side].delete, refs, "delete")
+        for (i, action), result in zip(work, results, strict=True):
+            self._done(i, action, result)
+
+    def _chunked(self, op: Callable[[list], list[Result]], items: list, phase: str) -> list:
+        out: list[Result] = []
+        step = self.options.batch_count
+        for start in range(0, len(items), step):
+            out.extend(op(items[start:start + step]))
+            self._progress(phase, start + min(step, len(items) - start), len(items))
+        return out
+
+    def _progress(self, phase: str, done: int, total: int) -> None:
+        if self.options.progress:
+            self.options.progress(phase, done, total)
+
+    def _copies(self, work: list[tuple[int, Copy]]) -> None:
+        total, done = len(work), 0
+        for source in Side:
+            group = sorted((w for w in work if w[1].source is source),
+                           key=lambda w: (w[1].entry.folder, w[1].key))
+            batch: list[tuple[int, Copy]] = []
+            size = 0
+            for item in group:
+                batch.append(item)
+                size += item[1].entry.size or 65536
+                if len(batch) >= self.options.batch_count or size >= self.options.batch_bytes:
+                    self._copy_batch(batch)
+                    done += len(batch)
+                    self._progress("copy", done, total)
+                    batch, size = [], 0
+            if batch:
+                self._copy_batch(batch)
+                done += len(batch)
+                self._progress("copy", done, total)
+
+    def _copy_batch(self, batch: list[tuple[int, Copy]]) -> None:
+        source = batch[0][1].source
+        target = source.other
+        refs = []
+        for _, action in batch:
+            loc = self.locs[(source, action.key)]
+            refs.append(Ref(loc.entry.folder, loc.relname))
+        datas = self.replicas[source].read(refs)
+        deliveries, waiting = [], []
+        for (i, action), data in zip(batch, datas, strict=True):
+            if isinstance(data, Result):
+                self._done(i, action, data)
+                continue
+            relname = self._relname(target, action.key, action.entry, None)
+            self.names[(target, action.key)] = relname
+            self.touched.add((target, action.entry.folder))
+            deliveries.append(Delivery(Ref(action.entry.folder, relname), data))
+            waiting.append((i, action, len(data)))
+        if deliveries:
+            results = self.replicas[target].deliver(deliveries)
+            for (i, action, nbytes), result in zip(waiting, results, strict=True):
+                if result.ok:
+                    self.report.bytes += nbytes
+                self._done(i, action, result)
+        self._flush_base()
+
+    def _remove_deleted_folders(self) -> None:
+        """A folder deleted on one side goes on the other once no message is left in it."""
+        found = self.found
+        for s in Side:
+            code = side_code(s, self.low)
+            other = self.replicas[s.other]
+            for folder in sorted(found.stamps[s.other]):
+                if folder in found.stamps[s] or (folder, code) not in found.known:
+                    continue
+                if (s, folder) in self.touched:
+                    continue  # recreated here to keep changed mail: not a deletion any more
+                if other.list([folder])[folder]:
+                    continue
+                if other.remove_folder(folder):
+                    self.report.counts[f"folder- {s.other.value}"] += 1
+                self.touched.add((s.other, folder))
+
+    def _record_folders(self) -> None:
+        found, margin = self.found, self.options.margin_ns
+        after = {s: self.replicas[s].stamps() for s in Side
+                 if any(t[0] is s for t in self.touched)}
+        rows: dict[tuple[str, str], FolderRow | None] = {}
+        for s in Side:
+            code = side_code(s, self.low)
+            folders = set(found.stamps[s]) | set(after.get(s, {})) | found.dirty[s]
+            for folder in folders:
+                if (s, folder) in self.touched:
+                    stamp = after[s].get(folder)
+                    rows[(folder, code)] = FolderRow(stamp, False) if stamp else None
+                elif folder in found.dirty[s]:
+                    stamp = found.stamps[s].get(folder)
+                    if stamp is None:
+                        rows[(folder, code)] = None
+                        continue
+                    limit = found.clock[s] - margin
+                    old = stamp.cur < limit and stamp.new < limit
+                    settled = (s, folder) not in self.unsettled and not found.invalid
+                    rows[(folder, code)] = FolderRow(stamp, old and settled)
+                elif (s, folder) in self.unsettled:
+                    row = found.known.get((folder, code))
+                    rows[(folder, code)] = FolderRow(row.stamp if row else None, False)
+        self.state.write_folders(self.pair_id, rows)

@@ -1,0 +1,72 @@
+"""Translate flag letters on disk <-> canonical flags, per replica and folder.
+
+Keyword letters `a`-`z` mean what the folder's `dovecot-keywords` says on that replica. A letter
+with no name there is untranslatable: it stays on its own replica's file (opaque) and is reported,
+never mapped to a keyword it does not mean.
+"""
+
+from __future__ import annotations
+
+from mailmirror.maildir.names import SYSTEM_FLAGS, sort_letters
+from mailmirror.replica.base import Replica
+from mailmirror.sync.model import Flags, Side
+
+
+class FlagCodec:
+    """Caches each (side, folder) keyword map; adds missing keywords on the receiving side."""
+
+    def __init__(self, replicas: dict[Side, Replica]) -> None:
+        self.replicas = replicas
+        self._maps: dict[tuple[Side, str], dict[str, str]] = {}
+        self._decoded: dict[tuple[Side, str, str], tuple[Flags, str]] = {}
+        self.problems: list[str] = []
+
+    def _map(self, side: Side, folder: str) -> dict[str, str]:
+        got = self._maps.get((side, folder))
+        if got is None:
+            got = self.replicas[side].keywords(folder)
+            self._maps[(side, folder)] = got
+        return got
+
+    def decode(self, side: Side, folder: str, letters: str) -> tuple[Flags, str]:
+        """Canonical flags and the opaque (untranslatable or unknown) letters of a name."""
+        cache_key = (side, folder, letters)
+        hit = self._decoded.get(cache_key)
+        if hit is not None:
+            return hit
+        flags, opaque = set(), []
+        for letter in letters:
+            if letter in SYSTEM_FLAGS:
+                flags.add(letter)
+            elif "a" <= letter <= "z":
+                name = self._map(side, folder).get(letter)
+                if name is None or name in SYSTEM_FLAGS:
+                    opaque.append(letter)
+                else:
+                    flags.add(name)
+            else:
+                opaque.append(letter)
+        result = (frozenset(flags), "".join(opaque))
+        self._decoded[cache_key] = result
+        return result
+
+    def encode(self, side: Side, folder: str, flags: Flags) -> str:
+        """Letters for `flags` in this folder of this side, adding keywords that are missing."""
+        letters = [f for f in flags if len(f) == 1 and f in SYSTEM_FLAGS]
+        names = {f for f in flags if f not in SYSTEM_FLAGS}
+        if names:
+            mapping = self._map(side, folder)
+            by_name = {n: letter for letter, n in mapping.items()}
+            if not names <= by_name.keys():
+                mapping = self.replicas[side].add_keywords(folder, names)
+                self._maps[(side, folder)] = mapping
+                self._decoded = {k: v for k, v in self._decoded.items() if k[:2] != (side, folder)}
+                by_name = {n: letter for letter, n in mapping.items()}
+            for name in sorted(names):
+                if name in by_name:
+                    letters.append(by_name[name])
+                else:
+                    self.problems.append(
+                        f"keyword {name!r} has no free letter in {folder} on "
+                        f"{self.replicas[side].label}: left unset there")
+        return sort_letters("".join(letters))

@@ -1,0 +1,178 @@
+"""Scanning: find which messages changed since the base, cheaply.
+
+A folder whose cur/ and new/ mtimes equal the stamps recorded at the last sync (and were old
+enough then, so no same-tick change can hide) is not listed at all. In listed folders, a file
+name equal to its base name is unchanged (flags live in the name), so only names that differ
+are parsed. The result is the set of candidate keys with their entries on each side: the
+planner's input. Reads replicas and the state store; changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from mailmirror.maildir.names import InvalidName, key_of, parse_name, size_of
+from mailmirror.replica.base import Ref, Replica, Stamp
+from mailmirror.sync.flags import FlagCodec
+from mailmirror.sync.model import Entry, Side
+from mailmirror.sync.state import BaseRow, FolderRow, SyncState
+
+
+@dataclass(frozen=True, slots=True)
+class Loc:
+    """Where a message is on one side: its entry plus what renaming it needs."""
+
+    entry: Entry
+    relname: str  # "cur/NAME" in entry.folder
+    unique: str  # the unique part as on disk (may carry ,U=)
+    opaque: str  # letters kept verbatim on this side
+    raw_info: str | None  # an info that is not "2,...", kept verbatim
+
+
+@dataclass
+class Scan:
+    """What one run knows about both sides; built by scan(), consumed by the engine."""
+
+    stamps: dict[Side, dict[str, Stamp]]
+    clock: dict[Side, int]
+    known: dict[tuple[str, str], FolderRow]
+    dirty: dict[Side, set[str]]
+    base: dict[str, BaseRow]
+    current: dict[Side, dict[str, Loc]]
+    candidates: set[str]
+    duplicates: dict[Side, list[Loc]] = field(default_factory=dict)
+    invalid: list[str] = field(default_factory=list)
+    listed_count: dict[Side, int] = field(default_factory=dict)
+
+
+def side_code(side: Side, low: Side) -> str:
+    return "low" if side is low else "high"
+
+
+def scan(
+    replicas: dict[Side, Replica],
+    state: SyncState,
+    pair_id: int,
+    low: Side,
+    codec: FlagCodec,
+    full: bool = False,
+    margin_ns: int = 2_000_000_000,
+) -> Scan:
+    """List what changed on both sides since the base; see the module docstring."""
+    idx = {low: 0, low.other: 1}
+    clock = {s: r.clock_ns() for s, r in replicas.items()}
+    stamps = {s: r.stamps() for s, r in replicas.items()}
+    known = state.folders(pair_id)
+    every = set(stamps[Side.A]) | set(stamps[Side.B]) | {f for f, _ in known}
+    dirty: dict[Side, set[str]] = {}
+    for s in Side:
+        code = side_code(s, low)
+        dirty[s] = set()
+        for folder in every:
+            row = known.get((folder, code))
+            if (full or row is None or not row.trusted or row.stamp != stamps[s].get(folder)):
+                dirty[s].add(folder)
+    loaded = sorted(dirty[Side.A] | dirty[Side.B])
+    base = dict(state.base_in(pair_id, loaded))
+
+    listing = {s: replicas[s].list(sorted(f for f in dirty[s] if f in stamps[s])) for s in Side}
+    result = Scan(stamps, clock, known, dirty, base, {Side.A: {}, Side.B: {}}, set())
+    by_name: dict[Side, dict[str, dict[str, str]]] = {Side.A: {}, Side.B: {}}
+    for key, row in base.items():
+        for s in Side:
+            if row.entry.folder in dirty[s]:
+                names = by_name[s].setdefault(row.entry.folder, {})
+                names[f"{row.entry.subdir}/{row.names[idx[s]]}"] = key
+    present: dict[Side, dict[str, set[str]]] = {Side.A: {}, Side.B: {}}
+    for s in Side:
+        result.listed_count[s] = 0
+        for folder in dirty[s]:
+            now = set(listing[s].get(folder, ()))
+            present[s][folder] = now
+            result.listed_count[s] += len(now)
+            known_names = by_name[s].get(folder, {})
+            for relname, key in known_names.items():
+                if relname not in now:
+                    result.candidates.add(key)
+            for relname in now.difference(known_names):
+                loc = _parse(replicas[s], codec, s, folder, relname, result.invalid)
+                if loc is None:
+                    continue
+                key = _key(loc)
+                if key in result.current[s]:
+                    result.duplicates.setdefault(s, []).append(loc)
+                    continue
+                result.current[s][key] = loc
+                result.candidates.add(key)
+
+    missing = [k for k in result.candidates if k not in base]
+    base.update(state.base_for(pair_id, missing))
+
+    def locate(s: Side, key: str) -> Loc | None:
+        row = base.get(key)
+        if row is None:
+            return None
+        entry = row.entry
+        relname = f"{entry.subdir}/{row.names[idx[s]]}"
+        if entry.folder in dirty[s] and relname not in present[s].get(entry.folder, ()):
+            return None
+        return _base_loc(replicas[s], codec, s, entry, relname)
+
+    for s in Side:
+        current = result.current[s]
+        for key in result.candidates:
+            at_base = locate(s, key)
+            if at_base is None:
+                continue
+            if key in current:
+                # the base copy is still in place and another name carries the same key
+                result.duplicates.setdefault(s, []).append(current[key])
+            current[key] = at_base
+    _fill_sizes(replicas, result)
+    return result
+
+
+def _key(loc: Loc) -> str:
+    return key_of(loc.unique)
+
+
+def _parse(replica: Replica, codec: FlagCodec, side: Side, folder: str, relname: str,
+           invalid: list[str]) -> Loc | None:
+    subdir, _, name = relname.partition("/")
+    try:
+        parsed = parse_name(name, replica.sep)
+    except InvalidName as exc:
+        invalid.append(f"{replica.label}: {folder}/{relname}: {exc}")
+        return None
+    raw_info = None
+    if parsed.has_flags:
+        flags, opaque = codec.decode(side, folder, parsed.letters)
+    else:
+        flags, opaque = frozenset(), ""
+        raw_info = parsed.info if parsed.info else None
+    entry = Entry(folder, subdir, flags, size_of(parsed.unique))
+    return Loc(entry, relname, parsed.unique, opaque, raw_info)
+
+
+def _base_loc(replica: Replica, codec: FlagCodec, side: Side, entry: Entry,
+              relname: str) -> Loc:
+    name = relname.partition("/")[2]
+    parsed = parse_name(name, replica.sep)
+    opaque = codec.decode(side, entry.folder, parsed.letters)[1] if parsed.has_flags else ""
+    raw_info = parsed.info if parsed.info and not parsed.has_flags else None
+    return Loc(entry, relname, parsed.unique, opaque, raw_info)
+
+
+def _fill_sizes(replicas: dict[Side, Replica], result: Scan) -> None:
+    """Sizes decide 'same message or a clash' for keys new on both sides; stat only those."""
+    need = [k for k in result.candidates
+            if k not in result.base and all(k in result.current[s] for s in Side)
+            and any(result.current[s][k].entry.size is None for s in Side)]
+    if not need:
+        return
+    for s in Side:
+        locs = [result.current[s][k] for k in need]
+        sizes = replicas[s].sizes([Ref(loc.entry.folder, loc.relname) for loc in locs])
+        for key, loc, size in zip(need, locs, sizes, strict=True):
+            if size is not None:
+                result.current[s][key] = replace(loc, entry=replace(loc.entry, size=size))

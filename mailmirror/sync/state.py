@@ -1,0 +1,219 @@
+"""The sync component's tables in the shared state store: pairs, base rows, folder stamps, runs.
+
+A pair is keyed by its two replica ids in sorted order ("low" and "high"), never by host name or
+path, so a host name that now points at another server selects another pair. Base rows hold the
+common entry plus each side's file name. Callers map their sides A/B onto low/high.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from mailmirror.replica.base import Stamp
+from mailmirror.store import Store
+from mailmirror.sync.model import Entry
+
+COMPONENT = "sync"
+MIGRATIONS = [
+    """
+    CREATE TABLE sync_pair (
+        pair_id INTEGER PRIMARY KEY,
+        id_low  TEXT NOT NULL,
+        id_high TEXT NOT NULL,
+        label_low  TEXT,
+        label_high TEXT,
+        UNIQUE (id_low, id_high)
+    );
+    CREATE TABLE sync_base (
+        pair_id INTEGER NOT NULL,
+        key     TEXT NOT NULL,
+        folder  TEXT NOT NULL,
+        subdir  TEXT NOT NULL,
+        flags   TEXT NOT NULL,
+        size    INTEGER,
+        name_low  TEXT NOT NULL,
+        name_high TEXT NOT NULL,
+        PRIMARY KEY (pair_id, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX sync_base_folder ON sync_base (pair_id, folder);
+    CREATE TABLE sync_folder (
+        pair_id INTEGER NOT NULL,
+        folder  TEXT NOT NULL,
+        side    TEXT NOT NULL,
+        cur_ns  INTEGER,
+        new_ns  INTEGER,
+        trusted INTEGER NOT NULL,
+        PRIMARY KEY (pair_id, folder, side)
+    ) WITHOUT ROWID;
+    CREATE TABLE sync_run (
+        run_id  INTEGER PRIMARY KEY,
+        pair_id INTEGER NOT NULL,
+        started REAL NOT NULL,
+        ended   REAL,
+        outcome TEXT NOT NULL,
+        summary TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX sync_run_pair ON sync_run (pair_id, run_id)
+    """,
+]
+
+FLAG_SEP = " "
+
+
+def encode_flags(flags: Iterable[str]) -> str:
+    return FLAG_SEP.join(sorted(flags))
+
+
+def decode_flags(text: str) -> frozenset[str]:
+    return frozenset(text.split(FLAG_SEP)) if text else frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class BaseRow:
+    entry: Entry
+    names: tuple[str, str]  # file name on the low and on the high replica
+
+
+@dataclass(frozen=True, slots=True)
+class FolderRow:
+    stamp: Stamp | None
+    trusted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PairInfo:
+    pair_id: int
+    id_low: str
+    id_high: str
+    label_low: str | None
+    label_high: str | None
+    created: bool
+
+
+class SyncState:
+    """Typed access to the sync tables of one store."""
+
+    def __init__(self, store: Store) -> None:
+        store.migrate(COMPONENT, MIGRATIONS)
+        self.store = store
+        self.conn: sqlite3.Connection = store.conn
+
+    def pair(self, id_low: str, id_high: str, label_low: str, label_high: str) -> PairInfo:
+        row = self.conn.execute(
+            "SELECT pair_id, label_low, label_high FROM sync_pair WHERE id_low=? AND id_high=?",
+            (id_low, id_high),
+        ).fetchone()
+        if row:
+            self.conn.execute(
+                "UPDATE sync_pair SET label_low=?, label_high=? WHERE pair_id=?",
+                (label_low, label_high, row[0]),
+            )
+            return PairInfo(row[0], id_low, id_high, row[1], row[2], False)
+        cur = self.conn.execute(
+            "INSERT INTO sync_pair(id_low, id_high, label_low, label_high) VALUES(?,?,?,?)",
+            (id_low, id_high, label_low, label_high),
+        )
+        return PairInfo(cur.lastrowid or 0, id_low, id_high, None, None, True)
+
+    def pairs_with(self, replica_id: str) -> list[PairInfo]:
+        rows = self.conn.execute(
+            "SELECT pair_id, id_low, id_high, label_low, label_high FROM sync_pair "
+            "WHERE id_low=? OR id_high=?", (replica_id, replica_id)).fetchall()
+        return [PairInfo(*r, False) for r in rows]
+
+    def folders(self, pair_id: int) -> dict[tuple[str, str], FolderRow]:
+        rows = self.conn.execute(
+            "SELECT folder, side, cur_ns, new_ns, trusted FROM sync_folder WHERE pair_id=?",
+            (pair_id,),
+        )
+        return {
+            (folder, side): FolderRow(
+                Stamp(cur, new) if cur is not None else None, bool(trusted))
+            for folder, side, cur, new, trusted in rows
+        }
+
+    def base_in(self, pair_id: int, folders: Sequence[str]) -> Iterator[tuple[str, BaseRow]]:
+        for folder in folders:
+            rows = self.conn.execute(
+                "SELECT key, subdir, flags, size, name_low, name_high FROM sync_base "
+                "WHERE pair_id=? AND folder=?", (pair_id, folder))
+            for key, subdir, flags, size, low, high in rows:
+                yield key, BaseRow(Entry(folder, subdir, decode_flags(flags), size), (low, high))
+
+    def base_for(self, pair_id: int, keys: Sequence[str]) -> Iterator[tuple[str, BaseRow]]:
+        keys = list(keys)
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(
+                "SELECT key, folder, subdir, flags, size, name_low, name_high FROM sync_base "
+                f"WHERE pair_id=? AND key IN ({marks})", (pair_id, *chunk))
+            for key, folder, subdir, flags, size, low, high in rows:
+                yield key, BaseRow(Entry(folder, subdir, decode_flags(flags), size), (low, high))
+
+    def has_base(self, pair_id: int) -> bool:
+        return self.conn.execute(
+            "SELECT 1 FROM sync_base WHERE pair_id=? LIMIT 1", (pair_id,)).fetchone() is not None
+
+    def write_base(self, pair_id: int, rows: Iterable[tuple[str, BaseRow | None]]) -> None:
+        """Record base rows (None deletes) in one transaction: after the actions they describe."""
+        upserts, deletes = [], []
+        for key, row in rows:
+            if row is None:
+                deletes.append((pair_id, key))
+            else:
+                e = row.entry
+                upserts.append((pair_id, key, e.folder, e.subdir, encode_flags(e.flags), e.size,
+                                row.names[0], row.names[1]))
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany("DELETE FROM sync_base WHERE pair_id=? AND key=?", deletes)
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO sync_base VALUES (?,?,?,?,?,?,?,?)", upserts)
+
+    def write_folders(self, pair_id: int, rows: dict[tuple[str, str], FolderRow | None]) -> None:
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for (folder, side), row in rows.items():
+                if row is None:
+                    self.conn.execute(
+                        "DELETE FROM sync_folder WHERE pair_id=? AND folder=? AND side=?",
+                        (pair_id, folder, side))
+                else:
+                    stamp = row.stamp
+                    self.conn.execute(
+                        "INSERT OR REPLACE INTO sync_folder VALUES (?,?,?,?,?,?)",
+                        (pair_id, folder, side, stamp and stamp.cur, stamp and stamp.new,
+                         int(row.trusted)))
+
+    def start_run(self, pair_id: int) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO sync_run(pair_id, started, outcome) VALUES (?, ?, 'running')",
+            (pair_id, time.time()))
+        return cur.lastrowid or 0
+
+    def end_run(self, run_id: int, outcome: str, summary: dict) -> None:
+        self.conn.execute(
+            "UPDATE sync_run SET ended=?, outcome=?, summary=? WHERE run_id=?",
+            (time.time(), outcome, json.dumps(summary), run_id))
+
+    def runs(self) -> list[dict]:
+        """The last run of every pair, for `mailmirror status`."""
+        rows = self.conn.execute(
+            "SELECT p.pair_id, p.id_low, p.id_high, p.label_low, p.label_high, "
+            "r.started, r.ended, r.outcome, r.summary, "
+            "(SELECT COUNT(*) FROM sync_base b WHERE b.pair_id = p.pair_id) "
+            "FROM sync_pair p LEFT JOIN sync_run r ON r.run_id = "
+            "(SELECT MAX(run_id) FROM sync_run WHERE pair_id = p.pair_id) ORDER BY p.pair_id")
+        out = []
+        for pid, low, high, llow, lhigh, started, ended, outcome, summary, messages in rows:
+            out.append({
+                "pair": pid, "replicas": [low, high], "labels": [llow, lhigh],
+                "last_started": started, "last_ended": ended, "outcome": outcome or "never",
+                "summary": json.loads(summary) if summary else {}, "messages": messages,
+            })
+        return out
