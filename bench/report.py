@@ -120,7 +120,7 @@ class Report:
             f"trees under {self.root} ({self.filesystem}); cur/ and new/ mtimes set 10 s back "
             "before each no-change run, for every tool",
             "",
-            "| case | tool | median s | x mailmirror | peak MB | runs s | check |",
+            "| case | tool | median s | ÷ mailmirror | peak MB | runs s | check |",
             "|---|---|---:|---:|---:|---|---|",
         ]
         for (case, tool), r in self.results.items():

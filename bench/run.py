@@ -111,6 +111,7 @@ class Bench:
             f"delta, {label}",
         )
         self.results: dict[tuple[str, str], Result] = {}
+        self.kept: Path | None = None
 
     @property
     def cases(self) -> list[str]:
@@ -124,7 +125,8 @@ class Bench:
             self.results[(case, tool.name)] = result
 
     def timed(self, case: str, tool: Tool, pair: Pair, want: State, run: int) -> bool:
-        """Time one sync and check the trees afterwards; False if the tool failed to run."""
+        """Time one sync and check the trees afterwards; False when the chain should stop (the
+        tool failed, or mailmirror left the trees wrong: those are kept, see `keep`)."""
         cmd = tool.command(pair, self.transport)
         m = measure(cmd.argv, cmd.env, TIMEOUT)
         result = self.results[(case, tool.name)]
@@ -140,7 +142,19 @@ class Bench:
         verdict = f"{len(problems)} PROBLEMS" if problems else "ok"
         timing = f"{m.seconds:7.3f} s {m.peak_mb:6.1f} MB"
         log(f"  {tool.name:10} {case:20} run {run}: {timing} {verdict}")
+        if problems and tool.name == MM:
+            self.keep(pair, case, run, result)
+            return False
         return True
+
+    def keep(self, pair: Pair, case: str, run: int, result: Result) -> None:
+        """Keep the trees and state of mailmirror's first wrong run for inspection."""
+        if self.kept is not None:
+            return
+        self.kept = self.work.parent / f"failed-{case.split(',')[0].replace(' ', '-')}-run{run}"
+        shutil.rmtree(self.kept, ignore_errors=True)
+        pair.root.rename(self.kept)
+        result.problems.append(f"run {run}: trees and state kept in {self.kept}")
 
     def chain(self, tool: Tool, run: int) -> None:
         """First copy, no change, delta: one fresh pair of trees, three timed syncs."""
@@ -152,7 +166,7 @@ class Bench:
             tool.prepare(pair)
             self.steps(tool, pair, run)
         finally:
-            shutil.rmtree(pair.root)
+            shutil.rmtree(pair.root, ignore_errors=True)
 
     def steps(self, tool: Tool, pair: Pair, run: int) -> None:
         if not self.timed(self.first, tool, pair, self.before, run):
@@ -213,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     root: Path = args.root.resolve()
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob("failed-*"):  # kept by an earlier run (see Bench.keep)
+        shutil.rmtree(stale)
     tree, total_bytes = ensure_tree(root, args.messages, args.seed)
     bench = Bench(tree, root / "work", args.seed, Local())
     for tool in tools:
