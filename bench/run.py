@@ -124,7 +124,9 @@ class Bench:
                 result.note = "n/a (one-way)"
             self.results[(case, tool.name)] = result
 
-    def timed(self, case: str, tool: Tool, pair: Pair, want: State, run: int) -> bool:
+    def timed(
+        self, case: str, tool: Tool, pair: Pair, want: State, run: int, idle: bool = False
+    ) -> bool:
         """Time one sync and check the trees afterwards; False when the chain should stop (the
         tool failed, or mailmirror left the trees wrong: those are kept, see `keep`)."""
         cmd = tool.command(pair, self.transport)
@@ -135,7 +137,10 @@ class Bench:
             result.problems.append(f"run {run}: {failure}")
             log(f"  {tool.name:10} {case:20} run {run}: FAILED {failure}")
             return False
-        problems = [f"run {run}: {p}" for p in verify(pair.a, pair.b, want)]
+        problems = verify(pair.a, pair.b, want)
+        if idle and (why := tool.idle_problem(m.stdout)):
+            problems.append(why)
+        problems = [f"run {run}: {p}" for p in problems]
         result.seconds.append(m.seconds)
         result.peaks_mb.append(m.peak_mb)
         result.problems += problems
@@ -174,12 +179,14 @@ class Bench:
         backdate(pair, BACKDATE)
         cmd = tool.command(pair, self.transport)
         settle = measure(cmd.argv, cmd.env, TIMEOUT)  # not timed: records the backdated mtimes
-        if settle.failure():
+        if why := settle.failure() or tool.idle_problem(settle.stdout):
             self.results[(self.nochange, tool.name)].problems.append(
-                f"run {run}: settling sync: {settle.failure()}"
+                f"run {run}: settling sync: {why}"
             )
             return
-        if not self.timed(self.nochange, tool, pair, self.before, run) or not tool.two_way:
+        if not self.timed(self.nochange, tool, pair, self.before, run, idle=True):
+            return
+        if not tool.two_way:
             return
         lost = gen.apply_side(pair.a, self.delta.a) + gen.apply_side(pair.b, self.delta.b)
         tool.prepare(pair)

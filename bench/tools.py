@@ -12,6 +12,7 @@ mailmirror `ssh://...`); tools that cannot sync over SSH (doveadm here) will say
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -92,6 +93,10 @@ class Tool:
     def command(self, pair: Pair, transport: Transport) -> Command:
         raise NotImplementedError
 
+    def idle_problem(self, stdout: str) -> str | None:
+        """For a sync that had nothing to do: why its output says it did something, or None."""
+        return None
+
 
 class Mailmirror(Tool):
     name = "mailmirror"
@@ -117,6 +122,13 @@ class Mailmirror(Tool):
         }
         argv = [self.exe, "sync", str(pair.a), transport.address(pair.b)]
         return Command(argv + ["--state", str(pair.state / "state.sqlite3"), "--json"], env)
+
+    def idle_problem(self, stdout: str) -> str | None:
+        try:
+            counts = json.loads(stdout)["counts"]
+        except (ValueError, KeyError, TypeError):
+            return f"no JSON object with counts on stdout: {stdout[:200]!r}"
+        return f"acted in a sync with nothing to do: {counts}" if counts else None
 
 
 class Unison(Tool):
