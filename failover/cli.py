@@ -1,0 +1,261 @@
+"""The `failover` command line: the only place that prints, exits, or shows a traceback.
+
+Thin: each command loads the config, opens the state store and calls the engine. Heavy
+libraries (dnspython, httpx) are imported inside commands so `failover --help` stays fast.
+Quiet when stdout is not a terminal (cron): only IP changes and errors are printed.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from mailmirror.errors import EXIT_FATAL, EXIT_PARTIAL, MailmirrorError
+from mailmirror.paths import default_config_path, default_state_path
+
+if TYPE_CHECKING:
+    from failover.config import Config
+    from failover.state import State
+
+app = typer.Typer(add_completion=False, no_args_is_help=True)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+class Server(StrEnum):
+    backup = "backup"
+    main = "main"
+
+
+@dataclass(frozen=True)
+class Options:
+    config: Path
+    state: Path
+    debug: bool
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="TOML config (default: $MAILMIRROR_CONFIG or XDG)."),
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(metavar="PATH", help="State database (default: $MAILMIRROR_STATE or XDG)."),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    """Point DNS at whichever server is up: health checks, zone rewriting, NSD reload, verify.
+
+    Example: failover --config /etc/mailmirror/config.toml run
+    """
+    ctx.obj = Options(config or default_config_path(), state or default_state_path(), debug)
+
+
+@app.command()
+def zones(
+    ctx: typer.Context,
+    force: Annotated[
+        bool, typer.Option("--force", help="Bump every zone, changed or not.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Rewrite zones whose IP or template changed, then reload, notify and verify them.
+
+    Example: failover zones --force   (after editing templates by hand)
+    """
+    with _session(ctx) as (config, state):
+        from failover import engine
+
+        report = engine.rewrite_zones(config, state, force)
+        _emit(config, report, as_json)
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check main, decide, rewrite, reload and verify: what cron calls every few minutes.
+
+    Example: */2 * * * * failover run
+    """
+    with _session(ctx) as (config, state):
+        from failover import engine
+
+        _emit(config, engine.run_cycle(config, state), as_json)
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the health checks and print the result; change nothing. Exit 1 when main is down.
+
+    Example: failover check --json
+    """
+    with _session(ctx, need_state=False) as (config, _):
+        from failover import output
+        from failover.checks import run_checks
+
+        healthy, results = run_checks(config.checks, config.combine)
+        if as_json:
+            _print_json(output.check_json(healthy, results))
+        else:
+            typer.echo("\n".join(output.check_lines(healthy, results)))
+        if not healthy:
+            raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command()
+def watch(
+    ctx: typer.Context,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between cycles.")] = 30.0,
+) -> None:
+    """Run the `run` cycle forever, so failover takes seconds instead of a cron period.
+
+    Stops cleanly on SIGTERM or Ctrl-C. Example: failover watch --interval 15
+    """
+    with _session(ctx) as (config, state):
+        from failover import engine
+
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+
+        def on_error(exc: Exception) -> None:
+            _error(_message(exc), ctx.obj.debug, exc)
+
+        engine.watch(config, state, interval, stop, lambda r: _emit(config, r, False), on_error)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: JsonFlag = False,
+    history: Annotated[int, typer.Option(min=0, help="How many past events to show.")] = 10,
+) -> None:
+    """Show per zone the serial, IP and last change, the health and the last verification.
+
+    Example: failover status --json | jq '.zones[] | {zone, serial, ip}'
+    """
+    with _session(ctx, need_config=False) as (_, state):
+        from failover import output
+
+        shown = output.status_json(state, history)
+        if as_json:
+            _print_json(shown)
+        else:
+            typer.echo("\n".join(output.status_lines(shown)))
+
+
+@app.command("hold")
+def hold_command(
+    ctx: typer.Context,
+    server: Annotated[Server, typer.Argument(help="Where DNS points until `failover release`.")],
+) -> None:
+    """Pin DNS to one server for maintenance, whatever the checks say; applied at once.
+
+    Example: failover hold backup   (then work on main; `failover release` when done)
+    """
+    with _session(ctx) as (config, state):
+        from failover import engine, output
+
+        report = engine.hold(config, state, server.value)
+        typer.echo(f"held on {server.value}; run `failover release` to hand back to the checks")
+        for line in output.report_lines(config, report)[1:]:
+            typer.echo(line)
+        _exit_for(report)
+
+
+@app.command()
+def release(ctx: typer.Context) -> None:
+    """End a hold: the next `failover run` (or watch cycle) decides from the checks again.
+
+    Example: failover release
+    """
+    with _session(ctx, need_config=False) as (_, state):
+        from failover import engine
+
+        health = engine.release(state)
+        typer.echo(f"released; DNS points at {health.active} until the next check decides")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+@contextmanager
+def _session(
+    ctx: typer.Context, need_config: bool = True, need_state: bool = True
+) -> Iterator[tuple[Config, State]]:
+    """Load what a command needs and turn user-facing errors into one line and an exit code."""
+    opts: Options = ctx.obj
+    state = None
+    try:
+        from failover.config import load
+        from failover.state import open_state
+
+        config = load(opts.config) if need_config else None
+        state = open_state(opts.state) if need_state else None
+        yield config, state  # type: ignore[misc]
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        _error(_message(exc), opts.debug, exc)
+        code = exc.exit_code if isinstance(exc, MailmirrorError) else EXIT_FATAL
+        raise typer.Exit(code) from None
+    finally:
+        if state is not None:
+            state.close()
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, MailmirrorError):
+        return str(exc)
+    return f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+
+
+def _error(message: str, debug: bool, exc: BaseException | None = None) -> None:
+    if debug and exc is not None:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    typer.echo(f"failover: {message}", err=True)
+
+
+def _emit(config: Config, report: Any, as_json: bool) -> None:
+    from failover import output
+
+    if as_json:
+        _print_json(output.report_json(report))
+    elif sys.stdout.isatty():
+        typer.echo("\n".join(output.report_lines(config, report)))
+    else:
+        for line in output.switch_lines(config, report):
+            typer.echo(line)
+    for problem in report.problems():
+        typer.echo(f"failover: {problem}", err=True)
+    _exit_for(report)
+
+
+def _exit_for(report: Any) -> None:
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+def _print_json(value: dict[str, Any]) -> None:
+    typer.echo(json.dumps(value, indent=2))
