@@ -1,0 +1,168 @@
+"""The real engine on real directories: random edits and syncs among three local replicas,
+with directory times backdated so the unchanged-folder shortcut is exercised too."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailmirror.maildir.folders import create_folder, folder_dir, list_folders
+from mailmirror.maildir.names import parse_name
+from mailmirror.replica.local import open_local
+from mailmirror.store import open_store
+from mailmirror.sync.engine import SyncOptions, sync
+from mailmirror.sync.state import SyncState
+
+FOLDERS = ["INBOX", "Work", "Lists/Deb"]
+_clock = itertools.count(1_000_000)
+
+
+def backdate(root: Path) -> None:
+    """Give each recently changed cur/ new/ a distinct old mtime, as if time had passed."""
+    for folder in list_folders(root):
+        for sub in ("cur", "new"):
+            path = folder_dir(root, folder) / sub
+            if path.stat().st_mtime_ns > 10**17:
+                t = next(_clock) * 1_000_000_000
+                os.utime(path, ns=(t, t))
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, str, str, bytes]]:
+    """key -> (folder, subdir, flags, content) read straight from disk."""
+    out = {}
+    for folder in list_folders(root):
+        for sub in ("cur", "new"):
+            d = folder_dir(root, folder) / sub
+            for name in os.listdir(d):
+                parsed = parse_name(name)
+                assert parsed.key not in out, f"duplicate {parsed.key} in {root}"
+                out[parsed.key] = (folder, sub, parsed.letters, (d / name).read_bytes())
+    return out
+
+
+def find(root: Path, key: str) -> Path | None:
+    for folder in list_folders(root):
+        for sub in ("cur", "new"):
+            for name in os.listdir(folder_dir(root, folder) / sub):
+                if parse_name(name).key == key:
+                    return folder_dir(root, folder) / sub / name
+    return None
+
+
+ops = st.lists(st.tuples(
+    st.sampled_from(["deliver", "flag", "unflag", "move", "delete", "sync", "sync"]),
+    st.integers(0, 2), st.integers(0, 2), st.integers(0, 7), st.sampled_from("SFR"),
+    st.sampled_from(FOLDERS)), max_size=30)
+
+
+@settings(max_examples=60)
+@given(ops=ops)
+def test_three_replicas_converge_on_disk(ops):
+    tmp = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    try:
+        roots = [tmp / f"r{i}" for i in range(3)]
+        for root in roots:
+            for folder in FOLDERS:
+                create_folder(root, folder)
+        store = open_store(tmp / "state.db")
+        state = SyncState(store)
+        deleted, delivered = set(), set()
+
+        def run(i: int, j: int) -> None:
+            report = sync(open_local(roots[i]), open_local(roots[j]), state, SyncOptions())
+            assert not report.skipped, report.skipped
+            for r in (roots[i], roots[j]):
+                backdate(r)
+
+        for op, i, j, n, flag, folder in ops:
+            key = f"1700000000.M{n}P1.test,S=12"
+            path = find(roots[i], key)
+            if op == "deliver" and key not in delivered:
+                delivered.add(key)
+                (folder_dir(roots[i], folder) / "new" / key).write_bytes(b"message %02d\n" % n)
+            elif op == "flag" and path:
+                letters = parse_name(path.name).letters
+                new = folder_dir(roots[i], folder_of(roots[i], path)) / "cur" / (
+                    f"{key}:2," + "".join(sorted(set(letters + flag))))
+                os.rename(path, new)
+            elif op == "unflag" and path:
+                letters = parse_name(path.name).letters.replace(flag, "")
+                os.rename(path, path.parent / f"{key}:2,{letters}")
+            elif op == "move" and path:
+                os.rename(path, folder_dir(roots[i], folder) / path.parent.name / path.name)
+            elif op == "delete" and path:
+                deleted.add(key)
+                path.unlink()
+            elif op == "sync" and i != j:
+                run(i, j)
+            backdate(roots[i])
+        for _ in range(2):
+            for i, j in ((0, 1), (1, 2), (0, 2)):
+                run(i, j)
+        snaps = [snapshot(r) for r in roots]
+        assert snaps[0] == snaps[1] == snaps[2]
+        for key in delivered - deleted:
+            assert key in snaps[0], f"{key} lost"
+        for i, j in ((0, 1), (1, 2), (0, 2)):
+            report = sync(open_local(roots[i]), open_local(roots[j]), state, SyncOptions())
+            assert not report.counts, f"quiet sync did {report.counts}"
+        store.close()
+    finally:
+        shutil.rmtree(tmp)
+
+
+def folder_of(root: Path, path: Path) -> str:
+    for folder in list_folders(root):
+        if folder_dir(root, folder) == path.parent.parent:
+            return folder
+    raise AssertionError(path)
+
+
+def test_unchanged_folders_are_not_listed(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in FOLDERS:
+        create_folder(a, folder)
+    (a / "new" / "1.M1P1.x,S=3").write_bytes(b"abc")
+    state = SyncState(open_store(tmp_path / "s.db"))
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    backdate(a)
+    backdate(b)
+    sync(open_local(a), open_local(b), state, SyncOptions())  # relists what it touched
+    listed: list[list[str]] = []
+    original = type(open_local(a)).list
+
+    def spy(self, folders):
+        listed.append(list(folders))
+        return original(self, folders)
+
+    monkeypatch.setattr(type(open_local(a)), "list", spy)
+    report = sync(open_local(a), open_local(b), state, SyncOptions())
+    assert not report.counts and listed == [[], []]
+    (folder_dir(a, "Work") / "cur" / "2.M1P1.x,S=3:2,S").write_bytes(b"def")
+    backdate(a)
+    listed.clear()
+    report = sync(open_local(a), open_local(b), state, SyncOptions())
+    assert report.counts == {"copy a->b": 1}
+    assert listed[0] == ["Work"]
+
+
+def test_keyword_letters_are_translated_by_name(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    create_folder(a, "INBOX")
+    create_folder(b, "INBOX")
+    (a / "dovecot-keywords").write_text("0 $Label1\n")
+    (b / "dovecot-keywords").write_text("0 Junk\n")
+    (a / "cur" / "1.M1P1.x,S=3:2,Sa").write_bytes(b"abc")
+    (a / "cur" / "2.M1P1.x,S=3:2,Sc").write_bytes(b"xyz")  # 'c' means nothing on a
+    state = SyncState(open_store(tmp_path / "s.db"))
+    report = sync(open_local(a), open_local(b), state, SyncOptions())
+    assert sorted(os.listdir(b / "cur")) == ["1.M1P1.x,S=3:2,Sb", "2.M1P1.x,S=3:2,S"]
+    assert (b / "dovecot-keywords").read_text() == "0 Junk\n1 $Label1\n"
+    assert sorted(os.listdir(a / "cur")) == ["1.M1P1.x,S=3:2,Sa", "2.M1P1.x,S=3:2,Sc"]
+    assert not report.skipped
