@@ -1,8 +1,9 @@
 """Verify, do not trust: ask each DNS server which SOA serial it serves for a zone.
 
-Polls every listed server until it serves the expected serial (or a newer one, which is
-reported loudly) or the timeout passes. Polling stays near 20 queries per second per server,
-far below NSD's default rate limit. Reads the network only; records nothing.
+Polls every listed server until it serves the expected serial or the timeout passes; a
+server still serving a newer serial then is reported as such (loudly, by the engine). A newer
+serial is not final at once: a primary serves its old zone until its reload completes.
+Polling stays near 20 queries/s per server, far below NSD's default rate limit. Records nothing.
 """
 
 from __future__ import annotations
@@ -74,22 +75,23 @@ def verify(
             remaining = timeout - (clock() - start)
             serial, why = query_serial(zone, server, max(0.05, min(QUERY_TIMEOUT, remaining)))
             last[server] = (serial, why)
-            if serial is not None and (serial == expected or serial_gt(serial, expected)):
-                outcome = "ok" if serial == expected else "newer"
-                results[server] = Served(str(server), outcome, serial, clock() - start, "")
+            if serial == expected:
+                results[server] = Served(str(server), "ok", serial, clock() - start, "")
         if len(results) == len(servers) or clock() - start >= timeout:
             break
         time.sleep(POLL_INTERVAL)
     for server in servers:
         if server not in results:
-            results[server] = _timed_out(server, last.get(server, (None, "")), timeout)
+            results[server] = _timed_out(server, last.get(server, (None, "")), expected, timeout)
     return [results[server] for server in servers]
 
 
-def _timed_out(server: Endpoint, last: tuple[int | None, str], timeout: float) -> Served:
+def _timed_out(
+    server: Endpoint, last: tuple[int | None, str], expected: int, timeout: float
+) -> Served:
     serial, why = last
     if serial is not None:
-        detail = f"still serves {serial} after {timeout:g} s"
-        return Served(str(server), "stale", serial, timeout, detail)
+        outcome = "newer" if serial_gt(serial, expected) else "stale"
+        return Served(str(server), outcome, serial, timeout, f"serves {serial} after {timeout:g} s")
     outcome = "unreachable" if why in ("no answer", "") or "refused" in why.lower() else "error"
     return Served(str(server), outcome, None, timeout, why or "no answer")
