@@ -37,6 +37,7 @@ from mailmirror.sync.scan import Loc, Scan, scan, side_code
 from mailmirror.sync.state import BaseRow, FolderRow, SyncState
 
 ProgressFn = Callable[[str, int, int], None]
+EMPTY_GUARD = 10  # a replica that held this many messages and now lists none stops the run
 
 
 @dataclass
@@ -147,7 +148,7 @@ def _check_not_emptied(replicas: dict[Side, Replica], found: Scan) -> None:
     for s in Side:
         expected = sum(1 for row in found.base.values() if row.entry.folder in found.dirty[s])
         whole = set(found.stamps[s]) <= found.dirty[s]
-        if whole and expected and found.listed_count[s] == 0:
+        if whole and expected >= EMPTY_GUARD and found.listed_count[s] == 0:
             raise SafetyStop(
                 f"{replicas[s].label} looks empty but held {expected} messages at the last sync: "
                 "is the disk mounted? Nothing was changed; rerun with --allow-empty if the "

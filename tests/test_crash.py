@@ -1,0 +1,95 @@
+"""A sync killed with SIGKILL while copying leaves nothing partial, and the next run converges
+with no duplicate; a replica that suddenly lists no mail stops the run with nothing deleted."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mailmirror.errors import SafetyStop
+from mailmirror.maildir.folders import create_folder, folder_dir
+from mailmirror.maildir.names import parse_name
+from mailmirror.replica.local import open_local
+from mailmirror.store import open_store
+from mailmirror.sync.engine import SyncOptions, sync
+from mailmirror.sync.state import SyncState
+
+FOLDERS = ["INBOX", "Work", "Archive/2025"]
+
+
+def make_tree(root: Path, count: int, size: int) -> dict[str, bytes]:
+    rng = random.Random(7)
+    contents = {}
+    for folder in FOLDERS:
+        create_folder(root, folder)
+    for n in range(count):
+        body = (f"Subject: {n}\n\n".encode() + os.urandom(8).hex().encode()) * (size // 24)
+        key = f"1700000000.M{n}P1.crash,S={len(body)}"
+        folder = FOLDERS[n % len(FOLDERS)]
+        (folder_dir(root, folder) / "cur" / f"{key}:2,{rng.choice(['S', 'RS', 'FS'])}") \
+            .write_bytes(body)
+        contents[key] = body
+    return contents
+
+
+def published(root: Path) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for folder in FOLDERS:
+        for sub in ("cur", "new"):
+            d = folder_dir(root, folder) / sub
+            if not d.is_dir():
+                continue
+            for name in os.listdir(d):
+                key = parse_name(name).key
+                assert key not in out, f"duplicate {key} in {root}"
+                out[key] = (d / name).read_bytes()
+    return out
+
+
+def run_cli(a: Path, b: Path, state: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailmirror", "sync", str(a), str(b), "--state", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.3, 0.5, 0.8])
+def test_sigkill_during_copy_leaves_nothing_partial(tmp_path, delay):
+    a, b, state = tmp_path / "a", tmp_path / "b", tmp_path / "state.db"
+    contents = make_tree(a, 3000, 30_000)
+    proc = run_cli(a, b, state)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = published(b) if b.exists() else {}
+    for key, data in partial.items():
+        assert data == contents[key], f"{key} was published half-written"
+    assert len(partial) < len(contents), "the kill came too late to test anything"
+    done = run_cli(a, b, state)
+    out, err = done.communicate(timeout=120)
+    assert done.returncode == 0, err.decode()
+    assert published(b) == contents == published(a)
+    for folder in FOLDERS:
+        leftovers = os.listdir(folder_dir(b, folder) / "tmp")
+        assert leftovers == [], f"temp files left in {folder}/tmp: {leftovers[:3]}"
+
+
+def test_replica_that_suddenly_lists_nothing_stops_the_run(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_tree(a, 30, 100)
+    state = SyncState(open_store(tmp_path / "s.db"))
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    for folder in FOLDERS:
+        for name in os.listdir(folder_dir(b, folder) / "cur"):
+            os.unlink(folder_dir(b, folder) / "cur" / name)
+    with pytest.raises(SafetyStop):
+        sync(open_local(a), open_local(b), state, SyncOptions())
+    assert len(published(a)) == 30
+    report = sync(open_local(a), open_local(b), state, SyncOptions(allow_empty=True))
+    assert report.counts == {"delete a": 30}
