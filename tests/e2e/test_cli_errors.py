@@ -1,0 +1,159 @@
+"""Bad input to the installed `mailmirror` command: one clear line on stderr, no traceback,
+the documented exit code (2 usage/config, 3 fatal, 1 items skipped), and nothing lost."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tests.e2e.conftest import Cli, User
+from tests.e2e.conftest import tree_listing as _tree_listing
+
+ID_FILE = "mailmirror-id"
+
+
+def tree_listing(root: Path) -> dict:
+    """The tree minus the replica id file, which opening a replica may create (harmless)."""
+    return {k: v for k, v in _tree_listing(root).items() if k != ID_FILE}
+
+
+def maildir(root: Path, user: User, messages: dict[str, bytes] | None = None) -> Path:
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for relname, data in (messages or {}).items():
+        (root / relname).write_bytes(data)
+    user.own(root)
+    return root
+
+
+MSG = b"From: a@e2e.test\nSubject: keep me\nMessage-ID: <keep@e2e.test>\n\nbody\n"
+
+
+def sync(cli: Cli, a: Path, b: Path, *extra: str) -> object:
+    return cli.run("sync", str(a), str(b), "--state", str(cli.scratch / "state.db"), *extra,
+                   fork=False)
+
+
+def test_path_is_a_file(cli: Cli, scratch: Path, user: User) -> None:
+    a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG})
+    b = scratch / "B"
+    b.write_bytes(b"not a maildir\n")
+    user.own(b)
+    before = tree_listing(a)
+
+    line = sync(cli, a, b).assert_clean_error(3)
+
+    assert str(b) in line
+    assert b.read_bytes() == b"not a maildir\n"
+    assert tree_listing(a) == before
+
+
+def test_directory_with_cur_but_no_new(cli: Cli, scratch: Path, user: User) -> None:
+    a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG})
+    b = scratch / "B"
+    (b / "cur").mkdir(parents=True)
+    (b / "cur" / "2.M2P2.h:2,").write_bytes(MSG.replace(b"keep@", b"keep2@"))
+    user.own(b)
+    before = (tree_listing(a), tree_listing(b))
+
+    line = sync(cli, a, b).assert_clean_error(3)
+
+    assert "new" in line and str(b) in line, line
+    assert (tree_listing(a), tree_listing(b)) == before, "a half maildir was changed"
+
+
+def test_parent_directory_missing(cli: Cli, scratch: Path, user: User) -> None:
+    a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG})
+    b = scratch / "nowhere" / "B"
+    before = tree_listing(a)
+
+    line = sync(cli, a, b).assert_clean_error(3)
+
+    assert str(b.parent) in line
+    assert not b.parent.exists()
+    assert tree_listing(a) == before
+
+
+def test_corrupt_state_database_is_refused_and_kept(cli: Cli, scratch: Path, user: User) -> None:
+    a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG})
+    b = maildir(scratch / "B", user)
+    state = scratch / "state.db"
+    garbage = b"this is not an SQLite database\n" + bytes(range(256)) * 16
+    state.write_bytes(garbage)
+    user.own(state)
+    before = (tree_listing(a), tree_listing(b))
+
+    line = cli.run("sync", str(a), str(b), "--state", str(state), fork=False) \
+        .assert_clean_error(3)
+
+    assert str(state) in line, line
+    assert state.read_bytes() == garbage, "the corrupt database was changed"
+    assert not any(Path(str(state) + s).exists() for s in ("-wal", "-journal")), \
+        "side files of the corrupt database were created"
+    leftovers = sorted(p.name for p in scratch.iterdir() if p.name.startswith("state.db"))
+    assert leftovers == ["state.db"], leftovers
+    assert (tree_listing(a), tree_listing(b)) == before
+    assert list((b / "cur").iterdir()) == [] and list((b / "new").iterdir()) == []
+
+
+def test_state_database_corrupt_after_good_runs(cli: Cli, scratch: Path, user: User) -> None:
+    """A database that was fine and got damaged (truncated) must not become 'first sync'."""
+    a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG})
+    b = maildir(scratch / "B", user)
+    state = scratch / "state.db"
+    assert sync(cli, a, b).rc == 0
+    data = state.read_bytes()
+    damaged = data[:100] + b"\xff" * 400 + data[500:]
+    state.write_bytes(damaged)
+    before = (tree_listing(a), tree_listing(b))
+
+    sync(cli, a, b).assert_clean_error(3)
+
+    assert state.read_bytes() == damaged
+    assert (tree_listing(a), tree_listing(b)) == before
+
+
+def test_unwritable_target_skips_and_loses_nothing(cli: Cli, scratch: Path, user: User) -> None:
+    # mailmirror runs as the unprivileged user (setpriv when we are root), so modes apply
+    a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG})
+    b = maildir(scratch / "B", user)
+    os.chmod(b / "cur", 0o500)
+    try:
+        run = sync(cli, a, b)
+        line = run.assert_clean_error(1)
+        assert "1.M1P1.h" in line or "cur" in line, line
+        assert (a / "cur" / "1.M1P1.h:2,S").read_bytes() == MSG
+        assert list((b / "cur").iterdir()) == []
+        assert list((b / "tmp").iterdir()) == [], "a temp file was left behind"
+    finally:
+        os.chmod(b / "cur", 0o700)
+    # once writable, the next run delivers it
+    again = sync(cli, a, b)
+    assert again.rc == 0, again.stderr
+    assert (b / "cur" / "1.M1P1.h:2,S").read_bytes() == MSG
+    assert (a / "cur" / "1.M1P1.h:2,S").read_bytes() == MSG
+
+
+def test_unwritable_root_is_fatal(cli: Cli, scratch: Path, user: User) -> None:
+    a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG})
+    b = maildir(scratch / "B", user)
+    os.chmod(b, 0o500)
+    try:
+        line = sync(cli, a, b).assert_clean_error(3)
+        assert str(b) in line
+    finally:
+        os.chmod(b, 0o700)
+    assert (a / "cur" / "1.M1P1.h:2,S").read_bytes() == MSG
+
+
+def test_profile_without_config_is_a_usage_error(cli: Cli, scratch: Path) -> None:
+    run = cli.run("sync", "laptop", "--state", str(scratch / "state.db"), fork=False)
+    line = run.assert_clean_error(2)
+    assert "laptop" in line or "config" in line, line
+
+
+def test_same_maildir_twice_is_a_usage_error(cli: Cli, scratch: Path, user: User) -> None:
+    a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG})
+    before = tree_listing(a)
+    sync(cli, a, a).assert_clean_error(2)
+    assert tree_listing(a) == before
