@@ -25,6 +25,7 @@ from mailmirror.paths import default_config_path, default_state_path
 
 if TYPE_CHECKING:
     from failover.config import Config
+    from failover.engine import Report
     from failover.state import State
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
@@ -80,6 +81,7 @@ def zones(
 
         report = engine.rewrite_zones(config, state, force)
         _emit(config, report, as_json)
+        _exit_for(report)
 
 
 @app.command()
@@ -94,7 +96,9 @@ def run(
     with _session(ctx) as (config, state):
         from failover import engine
 
-        _emit(config, engine.run_cycle(config, state), as_json)
+        report = engine.run_cycle(config, state)
+        _emit(config, report, as_json)
+        _exit_for(report)
 
 
 @app.command()
@@ -171,12 +175,11 @@ def hold_command(
     Example: failover hold backup   (then work on main; `failover release` when done)
     """
     with _session(ctx) as (config, state):
-        from failover import engine, output
+        from failover import engine
 
         report = engine.hold(config, state, server.value)
         typer.echo(f"held on {server.value}; run `failover release` to hand back to the checks")
-        for line in output.report_lines(config, report)[1:]:
-            typer.echo(line)
+        _emit(config, report, False)
         _exit_for(report)
 
 
@@ -237,7 +240,7 @@ def _error(message: str, debug: bool, exc: BaseException | None = None) -> None:
     typer.echo(f"failover: {message}", err=True)
 
 
-def _emit(config: Config, report: Any, as_json: bool) -> None:
+def _emit(config: Config, report: Report, as_json: bool) -> None:
     from failover import output
 
     if as_json:
@@ -249,10 +252,9 @@ def _emit(config: Config, report: Any, as_json: bool) -> None:
             typer.echo(line)
     for problem in report.problems():
         typer.echo(f"failover: {problem}", err=True)
-    _exit_for(report)
 
 
-def _exit_for(report: Any) -> None:
+def _exit_for(report: Report) -> None:
     if report.exit_code:
         raise typer.Exit(report.exit_code)
 

@@ -315,7 +315,7 @@ class MainServer:
 
     def start(self) -> None:
         self.server = http.server.ThreadingHTTPServer((self.host, self.port), _Page)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def stop(self) -> None:
         if self.server is not None:
