@@ -111,3 +111,17 @@ def test_read_serial_is_lenient_about_broken_files():
     assert read_serial(broken) == 2024010101
     assert read_serial((GOLDEN / "comment.zone").read_text()) == 2024010101
     assert read_serial("no soa here\n") is None
+
+
+def test_include_directives_are_refused():
+    text = ZONE.replace("LINE6", "$INCLUDE /etc/passwd")
+    with pytest.raises(TemplateError) as caught:
+        validate(text, "example.test", 2024010101)
+    assert caught.value.line == 6
+
+
+def test_the_documented_example_template_renders_to_a_valid_zone():
+    docs = Path(__file__).parents[2] / "docs" / "examples" / "failover" / "example.org.zone"
+    rendered = render(docs.read_text(), Values(2024020100, "198.51.100.20"))
+    validate(rendered, zone_name(docs.name, rendered), 2024020100)
+    assert rendered.count("198.51.100.20") == 5  # ns1, mx2, and the three marked names
