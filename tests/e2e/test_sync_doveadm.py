@@ -360,7 +360,7 @@ def test_dry_run_first_sync_creates_nothing(pair: Pair) -> None:
     pair.a.save("dry-first")
     before = tree_listing(pair.a.root)
     run = pair.sync("--dry-run")
-    assert run.counts == {"copy a->b": 1}, run.json
+    assert run.counts.get("copy a->b") == 1, run.json
     changed = sorted(set(tree_listing(pair.a.root).items()) ^ set(before.items()))
     problems = [f"A changed: {changed}"] if changed else []
     if pair.b.root.exists():
