@@ -98,7 +98,7 @@ def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_e
     from mailmirror.errors import UsageError
     from mailmirror.maildir.folders import LAYOUTS
     from mailmirror.maildir.names import SEPARATORS
-    from mailmirror.replica.local import open_local
+    from mailmirror.replica.local import check_local, open_local
     from mailmirror.report import Reporter
     from mailmirror.store import open_store
     from mailmirror.sync.engine import SyncOptions
@@ -121,8 +121,10 @@ def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_e
         raise UsageError(f"--separator must be one of {' '.join(SEPARATORS)}")
     state_path = state or paths.default_state_path()
     reporter = Reporter(json_out=json_out, tty=sys.stderr.isatty())
-    replica_a = open_local(a, layout, separator)
-    replica_b = open_local(b, layout, separator)
+    check_local(a, layout)
+    check_local(b, layout)
+    replica_a = open_local(a, layout, separator, readonly=dry_run)
+    replica_b = open_local(b, layout, separator, readonly=dry_run)
     with open_store(state_path) as store, pair_lock(state_path, replica_a.id, replica_b.id,
                                                      lock_timeout):
         with reporter.progress() as progress:

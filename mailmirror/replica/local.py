@@ -48,21 +48,32 @@ _SUBDIRS = ("cur", "new")
 class LocalReplica:
     """A local Maildir root. Construct with open_local(); see replica/base.py for the contract."""
 
-    def __init__(self, root: Path, layout: str = MAILDIRPP, sep: str = ":") -> None:
+    def __init__(self, root: Path, layout: str = MAILDIRPP, sep: str = ":",
+                 readonly: bool = False) -> None:
         self.root = root
+        self.readonly = readonly
         self.layout = layout
         self.sep = sep
         self.label = str(root)
-        self.id = _read_or_create_id(root)
+        self._id: str | None = None
         self._host = socket.gethostname().replace("/", "_").replace(":", "_")
         self._counter = itertools.count()
         self._cleaned: set[str] = set()
+
+    @property
+    def id(self) -> str:
+        """The replica id, read from (or, on first use, written to) the root's id file."""
+        if self._id is None:
+            self._id = _read_or_create_id(self.root, self.readonly)
+        return self._id
 
     def clock_ns(self) -> int:
         return time.time_ns()
 
     def stamps(self) -> dict[str, Stamp]:
-        result = {}
+        result: dict[str, Stamp] = {}
+        if self.readonly and not self.root.exists():
+            return result
         try:
             folders = list_folders(self.root, self.layout)
         except OSError as exc:
@@ -248,35 +259,25 @@ class LocalReplica:
                 return
 
 
-def open_local(path: str | Path, layout: str = MAILDIRPP, sep: str = ":",
-               create: bool = True) -> LocalReplica:
-    """Open a local maildir root, creating an empty one when the path does not exist yet.
+def check_local(path: str | Path, layout: str = MAILDIRPP) -> Path:
+    """Validate a local maildir path without changing anything; return it absolute.
 
-    Raises ReplicaError naming the path and the fix when it is not (or cannot be) a maildir.
+    Raises ReplicaError naming the path and the fix when it is not (or cannot become) a maildir.
+    Run it on both sides before opening either, so a bad second path leaves the first untouched.
     """
     root = Path(path).expanduser().absolute()
     if not root.exists():
         if not root.parent.is_dir():
             raise ReplicaError(f"{root.parent} does not exist: create it first, or check the path")
-        if not create:
-            raise ReplicaError(f"{root} does not exist")
-        try:
-            create_folder(root, "INBOX", layout)
-        except OSError as exc:
-            raise ReplicaError(f"cannot create maildir {root}: {exc.strerror}") from exc
-    elif not root.is_dir():
+        return root
+    if not root.is_dir():
         raise ReplicaError(f"{root} is not a directory: give the path of a maildir")
-    else:
-        _check_maildir(root, layout)
-    if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
-        raise ReplicaError(f"{root} is not readable and writable by this user: fix its owner")
-    return LocalReplica(root, layout, sep)
-
-
-def _check_maildir(root: Path, layout: str) -> None:
     present = {sub: (root / sub).is_dir() for sub in ("cur", "new", "tmp")}
     if all(present.values()):
-        return
+        if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
+            raise ReplicaError(f"{root} is not readable and writable by this user: "
+                               "fix its owner or permissions")
+        return root
     if any(present.values()):
         absent = [str(root / sub) for sub, ok in present.items() if not ok]
         raise ReplicaError(f"{root} is not a complete maildir: create the missing "
@@ -288,13 +289,28 @@ def _check_maildir(root: Path, layout: str) -> None:
     if entries and layout == MAILDIRPP:
         raise ReplicaError(f"{root} is not a maildir (no cur/ new/ tmp/) and not empty: "
                            "check the path")
-    try:
-        create_folder(root, "INBOX", layout)
-    except OSError as exc:
-        raise ReplicaError(f"cannot create maildir {root}: {exc.strerror}") from exc
+    return root
 
 
-def _read_or_create_id(root: Path) -> str:
+def open_local(path: str | Path, layout: str = MAILDIRPP, sep: str = ":",
+               readonly: bool = False) -> LocalReplica:
+    """Open a local maildir root, creating an empty one when it does not exist yet.
+
+    `readonly` (for --dry-run) creates nothing: a missing root reads as an empty maildir.
+    Raises ReplicaError as check_local does, or when the maildir cannot be created.
+    """
+    root = check_local(path, layout)
+    if readonly:
+        return LocalReplica(root, layout, sep, readonly=True)
+    if not (root / "cur").is_dir():
+        try:
+            create_folder(root, INBOX, layout)
+        except OSError as exc:
+            raise ReplicaError(f"cannot create maildir {root}: {exc.strerror}") from exc
+    return LocalReplica(root, layout, sep)
+
+
+def _read_or_create_id(root: Path, readonly: bool = False) -> str:
     path = root / ID_FILE
     try:
         text = path.read_text("ascii").strip()
@@ -305,6 +321,8 @@ def _read_or_create_id(root: Path) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         raise ReplicaError(f"cannot read replica id {path}: {exc}") from exc
     new_id = uuid.uuid4().hex
+    if readonly or not root.exists():
+        return f"unsaved-{new_id}"  # a dry run invents an id rather than writing one
     tmp = root / "tmp" / f"{ID_FILE}.{os.getpid()}"
     try:
         _write_new(str(tmp), (new_id + "\n").encode(), durable=True)

@@ -108,7 +108,8 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
                          "give two different maildirs")
     low = Side.A if a.id < b.id else Side.B
     pair = state.pair(replicas[low].id, replicas[low.other].id,
-                      replicas[low].label, replicas[low.other].label)
+                      replicas[low].label, replicas[low.other].label,
+                      create=not options.dry_run)
     report = SyncReport({s: r.label for s, r in replicas.items()}, dry_run=options.dry_run)
     if pair.created:
         report.notices.append("first sync of these two replicas: merging both sides, "
@@ -129,6 +130,10 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
     report.skipped.extend(found.invalid)
     if options.dry_run:
         report.counts.update(describe(x) for x in plan.actions)
+        for s, folders in folders_to_create(found, plan, low).items():
+            if folders:
+                report.counts[f"folder+ {s.value}"] += len(folders)
+        report.notices.extend(codec.problems)
         report.seconds = time.monotonic() - started
         return report
     run_id = state.start_run(pair.pair_id)
@@ -153,6 +158,19 @@ def _check_not_emptied(replicas: dict[Side, Replica], found: Scan) -> None:
                 f"{replicas[s].label} looks empty but held {expected} messages at the last sync: "
                 "is the disk mounted? Nothing was changed; rerun with --allow-empty if the "
                 "mail really was deleted")
+
+
+def folders_to_create(found: Scan, plan: Plan, low: Side) -> dict[Side, list[str]]:
+    """Folders each side lacks: targets of copies and moves, and folders new on the other
+    side. A folder deleted here since the last sync is not recreated (it goes there)."""
+    out = {}
+    for s in Side:
+        have = set(found.stamps[s])
+        want = {a.entry.folder for a in plan.actions if isinstance(a, Copy | Move) and a.side is s}
+        code = side_code(s, low)
+        want.update(f for f in found.stamps[s.other] if (f, code) not in found.known)
+        out[s] = sorted(want - have)
+    return out
 
 
 class _Executor:
@@ -207,7 +225,7 @@ class _Executor:
         self._flush_base()
         self._remove_deleted_folders()
         self._record_folders()
-        self.report.skipped.extend(self.codec.problems)
+        self.report.notices.extend(self.codec.problems)
 
     def _done(self, i: int, action: object, result: Result) -> None:
         if result.ok:
@@ -289,18 +307,8 @@ class _Executor:
                 self.report.notices.append(note if result.ok else f"{note} (failed: {result})")
 
     def _create_folders(self, plan: Plan) -> None:
-        found = self.found
-        for s in Side:
-            have = set(found.stamps[s])
-            want = {a.entry.folder for a in plan.actions
-                    if isinstance(a, Copy | Move) and a.side is s}
-            code = side_code(s, self.low)
-            for folder in found.stamps[s.other]:
-                # a folder only the other side has: new there (create here), unless it was
-                # deleted here since the last sync (then it goes there, see below)
-                if folder not in have and (folder, code) not in found.known:
-                    want.add(folder)
-            for folder in sorted(want - have):
+        for s, folders in folders_to_create(self.found, plan, self.low).items():
+            for folder in folders:
                 self.replicas[s].create_folder(folder)
                 self.touched.add((s, folder))
                 self.report.counts[f"folder+ {s.value}"] += 1

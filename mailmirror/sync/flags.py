@@ -20,6 +20,7 @@ class FlagCodec:
         self._maps: dict[tuple[Side, str], dict[str, str]] = {}
         self._decoded: dict[tuple[Side, str, str], tuple[Flags, str]] = {}
         self.problems: list[str] = []
+        self._opaque: dict[tuple[Side, str], set[str]] = {}
 
     def _map(self, side: Side, folder: str) -> dict[str, str]:
         got = self._maps.get((side, folder))
@@ -42,6 +43,7 @@ class FlagCodec:
                 name = self._map(side, folder).get(letter)
                 if name is None or name in SYSTEM_FLAGS:
                     opaque.append(letter)
+                    self._note_opaque(side, folder, letter)
                 else:
                     flags.add(name)
             else:
@@ -50,6 +52,14 @@ class FlagCodec:
         self._decoded[cache_key] = result
         return result
 
+    def _note_opaque(self, side: Side, folder: str, letter: str) -> None:
+        seen = self._opaque.setdefault((side, folder), set())
+        if letter not in seen:
+            seen.add(letter)
+            self.problems.append(
+                f"keyword letter {letter!r} in {folder} on {self.replicas[side].label} has no "
+                "name in dovecot-keywords: left as it is, not copied")
+
     def encode(self, side: Side, folder: str, flags: Flags) -> str:
         """Letters for `flags` in this folder of this side, adding keywords that are missing."""
         letters = [f for f in flags if len(f) == 1 and f in SYSTEM_FLAGS]
@@ -57,7 +67,8 @@ class FlagCodec:
         if names:
             mapping = self._map(side, folder)
             by_name = {n: letter for letter, n in mapping.items()}
-            if not names <= by_name.keys():
+            if not names <= by_name.keys() and not self._opaque.get((side, folder)):
+                # letters with no name are in use here: a new letter could collide with them
                 mapping = self.replicas[side].add_keywords(folder, names)
                 self._maps[(side, folder)] = mapping
                 self._decoded = {k: v for k, v in self._decoded.items() if k[:2] != (side, folder)}

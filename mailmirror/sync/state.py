@@ -102,17 +102,22 @@ class SyncState:
         self.store = store
         self.conn: sqlite3.Connection = store.conn
 
-    def pair(self, id_low: str, id_high: str, label_low: str, label_high: str) -> PairInfo:
+    def pair(self, id_low: str, id_high: str, label_low: str, label_high: str,
+             create: bool = True) -> PairInfo:
+        """The pair's row; with create=False (dry runs) a missing pair reads as new, id -1."""
         row = self.conn.execute(
             "SELECT pair_id, label_low, label_high FROM sync_pair WHERE id_low=? AND id_high=?",
             (id_low, id_high),
         ).fetchone()
         if row:
-            self.conn.execute(
-                "UPDATE sync_pair SET label_low=?, label_high=? WHERE pair_id=?",
-                (label_low, label_high, row[0]),
-            )
+            if create:
+                self.conn.execute(
+                    "UPDATE sync_pair SET label_low=?, label_high=? WHERE pair_id=?",
+                    (label_low, label_high, row[0]),
+                )
             return PairInfo(row[0], id_low, id_high, row[1], row[2], False)
+        if not create:
+            return PairInfo(-1, id_low, id_high, None, None, True)
         cur = self.conn.execute(
             "INSERT INTO sync_pair(id_low, id_high, label_low, label_high) VALUES(?,?,?,?)",
             (id_low, id_high, label_low, label_high),
