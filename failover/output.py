@@ -45,7 +45,8 @@ def report_lines(config: Config, report: Report) -> list[str]:
     ip, _ = config.ip_for(report.health.active)
     hold = ", held by the operator" if report.health.hold else ""
     reason = f" ({report.transition.reason})" if report.transition else ""
-    lines.append(f"DNS points at {report.health.active} {ip}{hold}{reason}")
+    now = "now " if report.transition is not None and report.transition.switched else ""
+    lines.append(f"DNS {now}points at {report.health.active} {ip}{hold}{reason}")
     lines += [_zone_line(z) for z in report.zones]
     return lines
 
@@ -56,11 +57,12 @@ def _zone_line(z: ZoneReport) -> str:
         return f"  {o.zone}: FAILED"
     line = f"  {o.zone}: {o.status}, serial {o.serial}"
     if o.status == "written":
-        line += f" (was {o.previous}; {o.reason})"
+        line += f" (was {o.previous or 'none'}; {o.reason})"
     for a in z.actions:
         line += f"; {a.what} {'ok' if a.ok else 'FAILED'}"
     for s in z.served:
-        line += f"; {s.server} {s.outcome} {s.serial} after {s.seconds:.2f} s"
+        serving = f" {s.serial}" if s.serial is not None else ""
+        line += f"; {s.server} {s.outcome}{serving} after {s.seconds:.2f} s"
     return line
 
 
@@ -172,7 +174,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         )
         for v in z["verify"]:
             lines.append(
-                f"  {v['server']}: {v['outcome']} (serves {v['served']}, "
+                f"  {v['server']}: {v['outcome']} (serves {v['served'] or 'nothing'}, "
                 f"expected {v['expected']}, {v['seconds']} s, at {v['at']})"
             )
     if status["history"]:

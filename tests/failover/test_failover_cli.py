@@ -159,3 +159,14 @@ def test_watch_reports_a_failing_cycle_and_keeps_going(config, tmp_path):
     daemon.communicate(timeout=10)
     assert daemon.returncode == 0
     assert first_error == second_error and first_error.startswith("failover: zones_dir ")
+
+
+def test_a_missing_nsd_fails_under_ci_and_skips_otherwise(monkeypatch):
+    from conftest import require_binary
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="scripts/setup --test"):
+        require_binary("nsd-that-is-not-installed")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        require_binary("nsd-that-is-not-installed")
