@@ -157,12 +157,10 @@ def apply_zones(
         try:
             outcome = rewrite.rewrite(template, row, ip, ip6, config.zones_dir, now, force)
         except TemplateError as exc:
-            outcome = rewrite.failed(template, exc)
+            outcome = rewrite.failed(template, exc.located(str(template.path)))
         except OSError as exc:
-            message = f"{config.zones_dir / template.path.name}: cannot write: {exc.strerror}"
-            outcome = rewrite.Outcome(
-                template.zone, template.path.name, "failed", None, None, message
-            )
+            live = config.zones_dir / template.path.name
+            outcome = rewrite.failed(template, f"{live}: cannot write: {exc.strerror}")
         if outcome.row is not None and outcome.status in ("written", "adopted"):
             state.save_zone(outcome.row)
         reports.append(ZoneReport(outcome))

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from failover import zonecheck
-from failover.errors import DirectoryError, TemplateError
+from failover.errors import DirectoryError
 from failover.serial import date_floor, next_serial, serial_max
 from failover.state import ZoneRow
 from failover.template import Values, render, zone_name
@@ -51,7 +51,8 @@ class Outcome:
 def load_templates(directory: Path) -> list[Template]:
     """Every regular, non-hidden file in `directory`, as a template.
 
-    Raises DirectoryError when the directory is missing or holds no template.
+    Raises DirectoryError when the directory is missing, holds no template, or two templates
+    serve the same zone (their state would be mixed up).
     """
     if not directory.is_dir():
         raise DirectoryError(
@@ -69,6 +70,13 @@ def load_templates(directory: Path) -> list[Template]:
             raise DirectoryError(f"cannot read template {path}: {exc}") from None
         sha = hashlib.sha256(raw).hexdigest()
         templates.append(Template(path, zone_name(path.name, text), text, sha))
+    seen: dict[str, Path] = {}
+    for template in templates:
+        other = seen.setdefault(template.zone, template.path)
+        if other != template.path:
+            raise DirectoryError(
+                f"templates {other} and {template.path} both serve zone {template.zone}: remove one"
+            )
     if not templates:
         raise DirectoryError(
             f"templates directory {directory} holds no zone template: put one zone file "
@@ -143,9 +151,8 @@ def rewrite(
     return Outcome(template.zone, live.name, "written", serial, current, reason, new_row)
 
 
-def failed(template: Template, error: TemplateError) -> Outcome:
-    """The outcome of a template that cannot be rendered; the message names file and line."""
-    message = error.located(str(template.path))
+def failed(template: Template, message: str) -> Outcome:
+    """The outcome of a zone that could not be rewritten; `message` is the user's one line."""
     return Outcome(template.zone, template.path.name, "failed", None, None, message)
 
 

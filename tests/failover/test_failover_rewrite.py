@@ -196,6 +196,14 @@ def test_a_missing_templates_dir_is_a_clear_error(setup):
         engine.rewrite_zones(config, state, force=False, now=DAY)
 
 
+def test_two_templates_for_one_zone_are_refused(setup):
+    config, state, zones = setup
+    (config.templates / "copy").write_text("$ORIGIN example.test.\n" + TEMPLATE)
+    with pytest.raises(DirectoryError, match="both serve zone example.test: remove one"):
+        engine.rewrite_zones(config, state, force=False, now=DAY)
+    assert not list(zones.iterdir())
+
+
 def test_the_live_files_mode_is_kept(setup):
     config, state, zones = setup
     engine.rewrite_zones(config, state, force=False, now=DAY)
