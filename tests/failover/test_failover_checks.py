@@ -5,7 +5,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from conftest import free_endpoint
+from failover_rig import free_endpoint
 
 from failover.checks import run_check, run_checks
 from failover.config import Check

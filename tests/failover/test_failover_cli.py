@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BACKUP_IP, MAIN_IP, TEMPLATE, write_config
+from failover_rig import BACKUP_IP, MAIN_IP, TEMPLATE, write_config
 from typer.testing import CliRunner
 
 from failover.cli import app
@@ -162,7 +162,7 @@ def test_watch_reports_a_failing_cycle_and_keeps_going(config, tmp_path):
 
 
 def test_a_missing_nsd_fails_under_ci_and_skips_otherwise(monkeypatch):
-    from conftest import require_binary
+    from failover_rig import require_binary
 
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="scripts/setup --test"):

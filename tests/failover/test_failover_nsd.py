@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import BACKUP_IP, MAIN_IP, ZONE, free_endpoint, wait_for, write_config
+from failover_rig import BACKUP_IP, MAIN_IP, ZONE, free_endpoint, wait_for, write_config
 
 from failover import engine
 from failover.config import load

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import BACKUP_IP, MAIN_IP, TEMPLATE, write_config
+from failover_rig import BACKUP_IP, MAIN_IP, TEMPLATE, write_config
 
 from failover import engine
 from failover.config import load
