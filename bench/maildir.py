@@ -103,7 +103,7 @@ def scan(root: Path) -> Listing:
 
 def _examples(keys: list[Key]) -> str:
     shown = ", ".join(f"{f}/{u}" for f, u in sorted(keys)[:3])
-    return shown + (", ..." if len(keys) > 3 else "")
+    return f" (e.g. {shown}{', ...' if len(keys) > 3 else ''})"
 
 
 def compare(want: State, got: State, label: str) -> list[str]:
@@ -121,7 +121,7 @@ def compare(want: State, got: State, label: str) -> list[str]:
         (place, "in the wrong subdir (new/cur)"),
     ):
         if keys:
-            problems.append(f"{label}: {len(keys)} messages {what}: {_examples(keys)}")
+            problems.append(f"{label}: {len(keys)} messages {what}{_examples(keys)}")
     return problems
 
 
@@ -137,7 +137,7 @@ def verify(a: Path, b: Path, want: State, content_samples: int = 200) -> list[st
         problems += compare(want, listing.state(), label)
         if listing.duplicates:
             problems.append(
-                f"{label}: {len(listing.duplicates)} duplicated messages: "
+                f"{label}: {len(listing.duplicates)} duplicated messages"
                 f"{_examples(listing.duplicates)}"
             )
         if listing.tmp_files:
@@ -146,7 +146,7 @@ def verify(a: Path, b: Path, want: State, content_samples: int = 200) -> list[st
     common = sorted(k for k in ea if k in eb)
     sizes = [k for k in common if ea[k].path(a).stat().st_size != eb[k].path(b).stat().st_size]
     if sizes:
-        problems.append(f"A/B: {len(sizes)} messages differ in size: {_examples(sizes)}")
+        problems.append(f"A/B: {len(sizes)} messages differ in size{_examples(sizes)}")
     step = max(1, len(common) // content_samples)
     sample = [k for k in common[::step] if k not in sizes]
     bytes_differ = [
@@ -154,7 +154,7 @@ def verify(a: Path, b: Path, want: State, content_samples: int = 200) -> list[st
     ]
     if bytes_differ:
         problems.append(
-            f"A/B: {len(bytes_differ)} of {len(sample)} sampled messages differ in content: "
+            f"A/B: {len(bytes_differ)} of {len(sample)} sampled messages differ in content"
             f"{_examples(bytes_differ)}"
         )
     return problems

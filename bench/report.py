@@ -6,6 +6,8 @@ the same case, so "8.0" in unison's no-change row means mailmirror was 8 times f
 
 from __future__ import annotations
 
+import os
+import re
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +17,11 @@ FULL_SIZE = 100_000
 MEMORY_LIMIT_MB = 100.0
 HELP_LIMIT_S = 0.15
 MM = "mailmirror"
+EXAMPLES = re.compile(r" \(e\.g\. .*\)$")
+
+
+def _runs(runs: list[int]) -> str:
+    return ",".join(str(r) for r in sorted(set(runs)))
 
 
 @dataclass
@@ -26,7 +33,7 @@ class Result:
     tool: str
     seconds: list[float] = field(default_factory=list)
     peaks_mb: list[float] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    problems: list[tuple[int, str]] = field(default_factory=list)  # (run, what is wrong)
     note: str = ""  # why the cell is empty, e.g. the case does not apply to the tool
 
     @property
@@ -57,6 +64,7 @@ class Report:
     cases: list[str]
     results: dict[tuple[str, str], Result]
     help_seconds: list[float]
+    load: tuple[float, float]  # 1-minute load average at start and end
     seconds_total: float = 0.0
 
     @property
@@ -119,6 +127,8 @@ class Report:
             f"medians of {self.repeat}",
             f"trees under {self.root} ({self.filesystem}); cur/ and new/ mtimes set 10 s back "
             "before each no-change run, for every tool",
+            f"{os.cpu_count()} CPUs, load average {self.load[0]:.2f} at start, "
+            f"{self.load[1]:.2f} at end (other work on the machine skews every figure)",
             "",
             "| case | tool | median s | ÷ mailmirror | peak MB | runs s | check |",
             "|---|---|---:|---:|---:|---|---|",
@@ -128,7 +138,8 @@ class Report:
             ratio = self.ratio(case, tool)
             peak = "-" if r.peak_mb is None else f"{r.peak_mb:.1f}"
             runs = " ".join(f"{s:.2f}" for s in r.seconds) or "-"
-            check = f"WRONG ({len(r.problems)})" if r.problems else r.note or "ok"
+            runs_wrong = sorted({run for run, _ in r.problems})
+            check = f"WRONG in runs {_runs(runs_wrong)}" if r.problems else r.note or "ok"
             ratio_text = "-" if ratio is None else f"{ratio:.2f}"
             lines.append(
                 f"| {case} | {tool} | {median} | {ratio_text} | {peak} | {runs} | {check} |"
@@ -145,14 +156,20 @@ class Report:
         for t in self.targets():
             verdict = {True: "PASS", False: "FAIL", None: "n/a "}[t.passed]
             lines.append(f"  {verdict}  {t.name:44} {t.detail}")
-        problems = [(r, p) for r in self.results.values() for p in r.problems]
-        if problems:
-            lines += ["", "Correctness problems (only mailmirror's fail the run):"]
-            seen = set()
-            for r, p in problems:
-                if (r.tool, r.case, p) not in seen:
-                    seen.add((r.tool, r.case, p))
-                    lines.append(f"  {r.tool}, {r.case}: {p}")
+        if any(r.problems for r in self.results.values()):
+            lines += [
+                "",
+                "Correctness problems (mailmirror's fail the run; others' for information):",
+            ]
+            for r in self.results.values():
+                # Same problem in several runs: one line. Examples only for mailmirror.
+                runs: dict[str, list[int]] = {}
+                for run, text in r.problems:
+                    if r.tool != MM:
+                        text = EXAMPLES.sub("", text)
+                    runs.setdefault(text, []).append(run)
+                for text, which in runs.items():
+                    lines.append(f"  {r.tool}, {r.case}, runs {_runs(which)}: {text}")
         lines += ["", f"whole benchmark: {self.seconds_total:.0f} s"]
         return "\n".join(lines)
 
@@ -165,6 +182,8 @@ class Report:
             "repeat": self.repeat,
             "root": self.root,
             "filesystem": self.filesystem,
+            "cpus": os.cpu_count(),
+            "load_average": list(self.load),
             "results": [
                 {
                     "case": r.case,
@@ -173,7 +192,7 @@ class Report:
                     "median": r.median,
                     "ratio_to_mailmirror": self.ratio(r.case, r.tool),
                     "peak_mb": r.peak_mb,
-                    "problems": r.problems,
+                    "problems": [{"run": run, "problem": text} for run, text in r.problems],
                 }
                 for r in self.results.values()
             ],

@@ -134,16 +134,15 @@ class Bench:
         result = self.results[(case, tool.name)]
         failure = m.failure()
         if failure:
-            result.problems.append(f"run {run}: {failure}")
+            result.problems.append((run, failure))
             log(f"  {tool.name:10} {case:20} run {run}: FAILED {failure}")
             return False
         problems = verify(pair.a, pair.b, want)
         if idle and (why := tool.idle_problem(m.stdout)):
             problems.append(why)
-        problems = [f"run {run}: {p}" for p in problems]
         result.seconds.append(m.seconds)
         result.peaks_mb.append(m.peak_mb)
-        result.problems += problems
+        result.problems += [(run, p) for p in problems]
         verdict = f"{len(problems)} PROBLEMS" if problems else "ok"
         timing = f"{m.seconds:7.3f} s {m.peak_mb:6.1f} MB"
         log(f"  {tool.name:10} {case:20} run {run}: {timing} {verdict}")
@@ -159,7 +158,7 @@ class Bench:
         self.kept = self.work.parent / f"failed-{case.split(',')[0].replace(' ', '-')}-run{run}"
         shutil.rmtree(self.kept, ignore_errors=True)
         pair.root.rename(self.kept)
-        result.problems.append(f"run {run}: trees and state kept in {self.kept}")
+        result.problems.append((run, f"trees and state kept in {self.kept}"))
 
     def chain(self, tool: Tool, run: int) -> None:
         """First copy, no change, delta: one fresh pair of trees, three timed syncs."""
@@ -180,9 +179,7 @@ class Bench:
         cmd = tool.command(pair, self.transport)
         settle = measure(cmd.argv, cmd.env, TIMEOUT)  # not timed: records the backdated mtimes
         if why := settle.failure() or tool.idle_problem(settle.stdout):
-            self.results[(self.nochange, tool.name)].problems.append(
-                f"run {run}: settling sync: {why}"
-            )
+            self.results[(self.nochange, tool.name)].problems.append((run, f"settling sync: {why}"))
             return
         if not self.timed(self.nochange, tool, pair, self.before, run, idle=True):
             return
@@ -192,7 +189,7 @@ class Bench:
         tool.prepare(pair)
         if lost:
             self.results[(self.changed, tool.name)].problems.append(
-                f"run {run}: {len(lost)} messages to change were not found before the delta"
+                (run, f"{len(lost)} messages to change were not found before the delta")
             )
         self.timed(self.changed, tool, pair, self.after, run)
 
@@ -220,7 +217,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.perf_counter()
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
     try:
         tools = make_tools([t for t in args.tools.split(",") if t], args.mailmirror)
     except ValueError as e:
@@ -265,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         cases=bench.cases,
         results=bench.results,
         help_seconds=help_seconds,
+        load=(load_start, os.getloadavg()[0]),
         seconds_total=time.perf_counter() - started,
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else report.to_text())
