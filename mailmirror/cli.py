@@ -9,14 +9,18 @@ configuration error; 3 fatal (a replica or the state store cannot be reached, re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from mailmirror.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, MailmirrorError
+
+if TYPE_CHECKING:
+    from mailmirror.transport.ssh import SshOptions
 
 app = typer.Typer(
     help="Two-way, message-aware Maildir sync.\n\n"
@@ -62,6 +66,15 @@ def sync(
     = ":",
     lock_timeout: Annotated[float, typer.Option(
         help="Seconds to wait for another sync of the same pair.")] = 60.0,
+    ssh_config: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="ssh_config file (default ~/.ssh/config).")] = None,
+    identity: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Private key for SSH (default: ssh-agent and ~/.ssh/id_*).")] = None,
+    known_hosts: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="known_hosts file (default ~/.ssh/known_hosts).")] = None,
+    remote_command: Annotated[str, typer.Option(
+        help="How to start the agent on the remote; the maildir path is appended, quoted.")]
+    = "mailmirror agent",
     state: StateOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -73,6 +86,8 @@ def sync(
     Examples:
       mailmirror sync ~/Maildir /srv/copy/Maildir
       mailmirror sync --dry-run ~/Maildir /srv/copy/Maildir
+      mailmirror sync ~/Maildir backup.example.org:Maildir
+      mailmirror sync ~/Maildir ssh://mail@main.example.org:2222/srv/mail/alice
       mailmirror sync laptop            (a [profile.laptop] in the config)
 
     \b
@@ -80,8 +95,11 @@ def sync(
     3 fatal (replica or state unusable, or locked).
     """
     try:
+        from mailmirror.transport.ssh import SshOptions
+
+        ssh = SshOptions(ssh_config, identity, known_hosts, remote_command)
         code = _sync(a, b, dry_run, prefer, full, allow_empty, layout, separator, lock_timeout,
-                     state, config, json_out)
+                     state, config, json_out, ssh)
     except (MailmirrorError, OSError) as exc:
         if isinstance(exc, OSError):
             exc = MailmirrorError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
@@ -93,7 +111,7 @@ def sync(
 
 def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_empty: bool,
           layout: str, separator: str, lock_timeout: float, state: Path | None,
-          config: Path | None, json_out: bool) -> int:
+          config: Path | None, json_out: bool, ssh: SshOptions) -> int:
     from mailmirror import paths
     from mailmirror.errors import UsageError
     from mailmirror.maildir.folders import LAYOUTS
@@ -106,6 +124,8 @@ def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_e
     from mailmirror.sync.lock import pair_lock
     from mailmirror.sync.model import Side
     from mailmirror.sync.state import SyncState
+    from mailmirror.transport.address import parse_address
+    from mailmirror.transport.ssh import SshSession
 
     if b is None:
         from mailmirror.config import load_profile
@@ -121,16 +141,31 @@ def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_e
         raise UsageError(f"--separator must be one of {' '.join(SEPARATORS)}")
     state_path = state or paths.default_state_path()
     reporter = Reporter(json_out=json_out, tty=sys.stderr.isatty())
-    check_local(a, layout)
-    check_local(b, layout)
-    replica_a = open_local(a, layout, separator, readonly=dry_run)
-    replica_b = open_local(b, layout, separator, readonly=dry_run)
-    with open_store(state_path) as store, pair_lock(state_path, replica_a.id, replica_b.id,
-                                                     lock_timeout):
+    addresses = [parse_address(a), parse_address(b)]
+    for address in addresses:
+        if isinstance(address, str):
+            check_local(address, layout)
+    with contextlib.ExitStack() as stack:
+        replicas = []
+        for address in addresses:
+            if isinstance(address, str):
+                replicas.append(open_local(address, layout, separator, readonly=dry_run))
+                continue
+            session = SshSession(address, ssh)
+            stack.callback(session.close)
+            replica = session.open_agent(address.path, layout, separator, readonly=dry_run)
+            stack.callback(replica.close)
+            replicas.append(replica)
+        replica_a, replica_b = replicas
+        store = stack.enter_context(open_store(state_path))
+        stack.enter_context(pair_lock(state_path, replica_a.id, replica_b.id, lock_timeout))
+        sync_state = SyncState(store)
+        for line in sync_state.moved_labels(replica_a, replica_b):
+            reporter.notice(line)
         with reporter.progress() as progress:
             options = SyncOptions(prefer=Side(prefer), dry_run=dry_run, full=full,
                                   allow_empty=allow_empty, progress=progress)
-            report = run_sync(replica_a, replica_b, SyncState(store), options)
+            report = run_sync(replica_a, replica_b, sync_state, options)
     reporter.finish(report)
     return EXIT_PARTIAL if report.skipped else EXIT_OK
 
@@ -160,6 +195,23 @@ def status(
     from mailmirror.report import print_status
 
     print_status(runs)
+
+
+@app.command(hidden=False)
+def agent(
+    root: Annotated[str, typer.Argument(help="The maildir this agent serves.")],
+) -> None:
+    """Serve ROOT to a remote mailmirror over stdin/stdout (started by `sync` over SSH).
+
+    Not for interactive use: it speaks the binary protocol of docs/protocol.md.
+
+    \b
+    Example (what the client runs on the remote, over an SSH exec channel):
+      mailmirror agent /home/alice/Maildir
+    """
+    from mailmirror.transport.agent import main as agent_main
+
+    raise typer.Exit(agent_main(root))
 
 
 def main() -> None:

@@ -19,6 +19,10 @@ class Reporter:
         self.json_out = json_out
         self.tty = tty and not json_out
 
+    def notice(self, line: str) -> None:
+        """One line worth telling even under cron (it changes what the user should expect)."""
+        print(f"mailmirror: {line}", file=sys.stderr)
+
     @contextmanager
     def progress(self) -> Iterator[ProgressFn | None]:
         if not self.tty:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from mailmirror.replica.base import Stamp
+from mailmirror.replica.base import Replica, Stamp
 from mailmirror.store import Store
 from mailmirror.sync.model import Entry
 
@@ -129,6 +129,30 @@ class SyncState:
             "SELECT pair_id, id_low, id_high, label_low, label_high FROM sync_pair "
             "WHERE id_low=? OR id_high=?", (replica_id, replica_id)).fetchall()
         return [PairInfo(*r, False) for r in rows]
+
+    def moved_labels(self, a: Replica, b: Replica) -> list[str]:
+        """One line per side whose address now reaches another replica than it used to.
+
+        After a DNS failover, "mailhost" may now be the backup server: the pair is keyed by
+        replica ids, so the right base is used anyway; this only tells the user.
+        """
+        lines = []
+        for here, there in ((a, b), (b, a)):
+            low, high = sorted((here, there), key=lambda r: r.id)
+            row = self.conn.execute(
+                "SELECT label_low, label_high FROM sync_pair WHERE id_low=? AND id_high=?",
+                (low.id, high.id)).fetchone()
+            if row and tuple(row) == (low.label, high.label):
+                continue  # already seen under these names: told once, not every run
+            for pair in self.pairs_with(here.id):
+                other_id, other_label = ((pair.id_high, pair.label_high)
+                                         if pair.id_low == here.id
+                                         else (pair.id_low, pair.label_low))
+                if other_label == there.label and other_id != there.id:
+                    lines.append(f"{there.label} now reaches replica {there.id[:8]} (it was "
+                                 f"{other_id[:8]} before, e.g. after a DNS failover): using "
+                                 "the base of that pair, or a safe first sync")
+        return lines
 
     def folders(self, pair_id: int) -> dict[tuple[str, str], FolderRow]:
         rows = self.conn.execute(

@@ -1,0 +1,259 @@
+"""A replica served by `mailmirror agent` on the far side of a byte stream (SSH, or a pipe).
+
+It turns each Replica call into one request frame carrying the whole batch, so a sync costs a
+number of round trips bounded by its batches, never one per message. Every reply is checked
+before use (names, folders, counts, sizes): a broken or hostile agent gives a ReplicaError, and
+no name it sends reaches a local path unvalidated.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from mailmirror.errors import ReplicaError
+from mailmirror.maildir.folders import InvalidFolder, check_folder
+from mailmirror.maildir.names import InvalidName, check_name
+from mailmirror.replica.base import Delivery, Outcome, Ref, Rename, Result, Stamp
+from mailmirror.transport.protocol import (
+    VERSION,
+    ProtocolError,
+    encode_frame,
+    read_frame,
+    split_data,
+)
+
+MAX_LISTED = 10_000_000
+
+
+class Channel(Protocol):
+    """A two-way byte stream to an agent."""
+
+    def send(self, data: bytes) -> None: ...
+
+    def read_exactly(self, n: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class AgentReplica:
+    """The client side of the agent protocol; see the module docstring."""
+
+    def __init__(self, channel: Channel, label: str, layout: str = "maildir++",
+                 sep: str = ":", readonly: bool = False) -> None:
+        self.channel = channel
+        self.label = label
+        self.layout = layout
+        self.sep = sep
+        self._ids = itertools.count(1)
+        hello = self._call("hello", version=VERSION, layout=layout, sep=sep, readonly=readonly)
+        if not isinstance(hello, dict) or hello.get("version") != VERSION:
+            raise ReplicaError(f"{label}: the agent speaks protocol version "
+                               f"{hello.get('version') if isinstance(hello, dict) else '?'}, "
+                               f"this client {VERSION}: install the same mailmirror version there")
+        rid = hello.get("id")
+        if not isinstance(rid, str) or not 0 < len(rid) <= 100 or not rid.isprintable():
+            raise ReplicaError(f"{label}: the agent sent an invalid replica id")
+        self.id: str = rid
+        self.remote_root = str(hello.get("label", ""))
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _exchange(self, op: str, data: bytes = b"", **fields: object) -> tuple[object, bytes]:
+        rid = next(self._ids)
+        try:
+            self.channel.send(encode_frame({"id": rid, "op": op, **fields}, data))
+            frame = read_frame(self.channel.read_exactly)
+        except ProtocolError as exc:
+            raise ReplicaError(f"{self.label}: the agent sent an invalid reply ({exc}): "
+                               "is `mailmirror agent` the same version there?") from None
+        except OSError as exc:
+            raise ReplicaError(f"{self.label}: connection lost ({exc})") from None
+        if frame is None:
+            raise ReplicaError(f"{self.label}: the agent closed the connection: is mailmirror "
+                               "installed there (see --remote-command), and can it read the "
+                               "maildir?")
+        header = frame.header
+        if not header.get("ok"):
+            raise ReplicaError(f"{self.label}: {header.get('error', 'agent error')}")
+        if header.get("id") != rid:
+            raise ReplicaError(f"{self.label}: the agent answered out of order")
+        return header.get("result"), frame.data
+
+    def _call(self, op: str, **fields: object) -> object:
+        return self._exchange(op, **fields)[0]
+
+    def _bad(self, what: str) -> ReplicaError:
+        return ReplicaError(f"{self.label}: the agent sent an invalid {what}; refusing to "
+                            "continue (nothing was written for it)")
+
+    def _results(self, raw: object, count: int) -> list[Result]:
+        if not isinstance(raw, list) or len(raw) != count:
+            raise self._bad("list of results")
+        out = []
+        for item in raw:
+            if (not isinstance(item, list) or len(item) != 2
+                    or item[0] not in {o.value for o in Outcome}):
+                raise self._bad("result")
+            out.append(Result(Outcome(item[0]), str(item[1])[:1000]))
+        return out
+
+    # -- the Replica contract ------------------------------------------------------------
+    def clock_ns(self) -> int:
+        value = self._call("clock")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self._bad("clock")
+        return value
+
+    def stamps(self) -> dict[str, Stamp]:
+        raw = self._call("stamps")
+        if not isinstance(raw, dict):
+            raise self._bad("folder list")
+        out = {}
+        for folder, pair in raw.items():
+            self._check_folder(folder)
+            if (not isinstance(pair, list) or len(pair) != 2
+                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in pair)):
+                raise self._bad("folder stamp")
+            out[folder] = Stamp(pair[0], pair[1])
+        return out
+
+    def list(self, folders: Sequence[str]) -> dict[str, list[str]]:
+        raw = self._call("list", folders=list(folders))
+        if not isinstance(raw, dict) or set(raw) != set(folders):
+            raise self._bad("listing")
+        total = 0
+        for names in raw.values():
+            if not isinstance(names, list):
+                raise self._bad("listing")
+            total += len(names)
+            if total > MAX_LISTED:
+                raise self._bad("listing (too many names)")
+            for relname in names:
+                self._check_relname(relname)
+        return raw
+
+    def sizes(self, refs: Sequence[Ref]) -> list[int | None]:
+        raw = self._call("sizes", refs=[[r.folder, r.relname] for r in refs])
+        if not isinstance(raw, list) or len(raw) != len(refs) or not all(
+                x is None or (isinstance(x, int) and not isinstance(x, bool) and x >= 0)
+                for x in raw):
+            raise self._bad("list of sizes")
+        return raw
+
+    def keywords(self, folder: str) -> dict[str, str]:
+        return self._keyword_map(self._call("keywords", folder=folder))
+
+    def add_keywords(self, folder: str, names: Iterable[str]) -> dict[str, str]:
+        return self._keyword_map(self._call("add_keywords", folder=folder, names=sorted(names)))
+
+    def create_folder(self, folder: str) -> None:
+        self._call("create_folder", folder=folder)
+
+    def remove_folder(self, folder: str) -> bool:
+        return bool(self._call("remove_folder", folder=folder))
+
+    def read(self, refs: Sequence[Ref]) -> list[bytes | Result]:
+        meta, data = self._exchange("read", refs=[[r.folder, r.relname] for r in refs])
+        if not isinstance(meta, list) or len(meta) != len(refs):
+            raise self._bad("read reply")
+        lengths = [m for m in meta if isinstance(m, int) and not isinstance(m, bool)]
+        try:
+            pieces = iter(split_data(data, lengths))
+        except ProtocolError:
+            raise self._bad("read reply (sizes do not match the data)") from None
+        out: list[bytes | Result] = []
+        for item in meta:
+            if isinstance(item, int) and not isinstance(item, bool):
+                out.append(next(pieces))
+            else:
+                out.extend(self._results([item], 1))
+        return out
+
+    def deliver(self, items: Sequence[Delivery]) -> list[Result]:
+        raw, _ = self._exchange(
+            "deliver", b"".join(i.data for i in items),
+            refs=[[i.target.folder, i.target.relname] for i in items],
+            lengths=[len(i.data) for i in items])
+        return self._results(raw, len(items))
+
+    def rename(self, items: Sequence[Rename]) -> list[Result]:
+        raw = self._call("rename",
+                         sources=[[i.source.folder, i.source.relname] for i in items],
+                         targets=[[i.target.folder, i.target.relname] for i in items])
+        return self._results(raw, len(items))
+
+    def delete(self, refs: Sequence[Ref]) -> list[Result]:
+        raw = self._call("delete", refs=[[r.folder, r.relname] for r in refs])
+        return self._results(raw, len(refs))
+
+    def close(self) -> None:
+        try:
+            self._call("bye")
+        except ReplicaError:
+            pass
+        self.channel.close()
+
+    # -- checks on what the agent sends --------------------------------------------------
+    def _check_folder(self, folder: object) -> None:
+        try:
+            if not isinstance(folder, str):
+                raise InvalidFolder(repr(folder))
+            check_folder(folder, self.layout)
+        except InvalidFolder:
+            raise self._bad(f"folder name {folder!r}") from None
+
+    def _check_relname(self, relname: object) -> None:
+        if not isinstance(relname, str):
+            raise self._bad("message name")
+        sub, _, name = relname.partition("/")
+        try:
+            if sub not in ("cur", "new"):
+                raise InvalidName(relname)
+            check_name(name)
+        except InvalidName:
+            raise self._bad(f"message name {relname!r}") from None
+
+    def _keyword_map(self, raw: object) -> dict[str, str]:
+        if not isinstance(raw, dict) or not all(
+                isinstance(k, str) and len(k) == 1 and "a" <= k <= "z" and isinstance(v, str)
+                and v and v.isprintable() and " " not in v for k, v in raw.items()):
+            raise self._bad("keyword map")
+        return raw
+
+
+class PipeChannel:
+    """A Channel over a subprocess's stdin/stdout (tests, and `ssh` run as a program)."""
+
+    def __init__(self, argv: Sequence[str], stderr: int | None = None) -> None:
+        self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=stderr)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._write: Callable[[bytes], object] = self.proc.stdin.write
+        self._stdin = self.proc.stdin
+        self._stdout = self.proc.stdout
+
+    def send(self, data: bytes) -> None:
+        self._write(data)
+        self._stdin.flush()
+
+    def read_exactly(self, n: int) -> bytes:
+        chunks, want = [], n
+        while want:
+            chunk = self._stdout.read(want)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            want -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        try:
+            self._stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()

@@ -1,0 +1,180 @@
+"""`mailmirror agent ROOT`: serve one local maildir to a remote client over stdin/stdout.
+
+Like `rsync --server` or `unison -server`: started by the client over an SSH exec channel, it
+answers protocol requests (docs/protocol.md) with the LocalReplica of ROOT, so every safety rule
+(tmp -> flush -> no-clobber publish, name validation, confinement to ROOT) is enforced here, on
+the machine that owns the files. It trusts nothing in a request: bad names give per-item errors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import BinaryIO
+
+from mailmirror import __version__
+from mailmirror.errors import MailmirrorError
+from mailmirror.replica.base import Delivery, Ref, Rename, Result
+from mailmirror.replica.local import LocalReplica, open_local
+from mailmirror.transport.protocol import (
+    VERSION,
+    ProtocolError,
+    encode_frame,
+    read_frame,
+    split_data,
+)
+
+
+def _refs(items: object) -> list[Ref]:
+    if not isinstance(items, list):
+        raise ProtocolError("refs must be a list")
+    out = []
+    for item in items:
+        if (not isinstance(item, list) or len(item) != 2
+                or not all(isinstance(x, str) for x in item)):
+            raise ProtocolError("a ref is [folder, relname]")
+        out.append(Ref(item[0], item[1]))
+    return out
+
+
+def _text(header: dict, key: str) -> str:
+    value = header.get(key)
+    if not isinstance(value, str):
+        raise ProtocolError(f"{key} must be a string")
+    return value
+
+
+def _results(results: list[Result]) -> list[list[str]]:
+    return [[r.outcome.value, r.detail] for r in results]
+
+
+class Agent:
+    """Dispatches decoded requests to a LocalReplica; one instance per connection."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.replica: LocalReplica | None = None
+
+    def handle(self, op: str, header: dict, data: bytes) -> tuple[object, bytes]:
+        if op == "hello":
+            return self._hello(header), b""
+        replica = self.replica
+        if replica is None:
+            raise ProtocolError("the first request must be hello")
+        if op == "clock":
+            return replica.clock_ns(), b""
+        if op == "stamps":
+            return {f: [s.cur, s.new] for f, s in replica.stamps().items()}, b""
+        if op == "list":
+            folders = header.get("folders")
+            if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
+                raise ProtocolError("list needs folders")
+            return replica.list(folders), b""
+        if op == "sizes":
+            return replica.sizes(_refs(header.get("refs"))), b""
+        if op == "keywords":
+            return replica.keywords(_text(header, "folder")), b""
+        if op == "add_keywords":
+            names = header.get("names")
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ProtocolError("add_keywords needs names")
+            return replica.add_keywords(_text(header, "folder"), names), b""
+        if op == "create_folder":
+            replica.create_folder(_text(header, "folder"))
+            return True, b""
+        if op == "remove_folder":
+            return replica.remove_folder(_text(header, "folder")), b""
+        if op == "read":
+            return self._read(replica, _refs(header.get("refs")))
+        if op == "deliver":
+            refs = _refs(header.get("refs"))
+            pieces = split_data(data, header.get("lengths") or [])
+            if len(pieces) != len(refs):
+                raise ProtocolError("deliver: one length per ref")
+            items = [Delivery(ref, piece) for ref, piece in zip(refs, pieces, strict=True)]
+            return _results(replica.deliver(items)), b""
+        if op == "rename":
+            sources, targets = _refs(header.get("sources")), _refs(header.get("targets"))
+            if len(sources) != len(targets):
+                raise ProtocolError("rename: one target per source")
+            items = [Rename(s, t) for s, t in zip(sources, targets, strict=True)]
+            return _results(replica.rename(items)), b""
+        if op == "delete":
+            return _results(replica.delete(_refs(header.get("refs")))), b""
+        raise ProtocolError(f"unknown request {op!r}")
+
+    def _hello(self, header: dict) -> dict:
+        if header.get("version") != VERSION:
+            raise ProtocolError(f"protocol version {header.get('version')} is not supported: "
+                                f"this agent speaks {VERSION} (mailmirror {__version__})")
+        readonly = bool(header.get("readonly"))
+        self.replica = open_local(self.root, str(header.get("layout", "maildir++")),
+                                  str(header.get("sep", ":")), readonly=readonly)
+        return {"version": VERSION, "id": self.replica.id, "label": str(self.replica.root),
+                "clock_ns": self.replica.clock_ns(), "software": f"mailmirror {__version__}"}
+
+    def _read(self, replica: LocalReplica, refs: list[Ref]) -> tuple[object, bytes]:
+        pieces, meta = [], []
+        for item in replica.read(refs):
+            if isinstance(item, Result):
+                meta.append([item.outcome.value, item.detail])
+            else:
+                meta.append(len(item))
+                pieces.append(item)
+        return meta, b"".join(pieces)
+
+
+def serve(root: str, stdin: BinaryIO, stdout: BinaryIO) -> int:
+    """Answer requests until the client closes the stream; the exit status of the agent."""
+    agent = Agent(root)
+    read_exactly: Callable[[int], bytes] = _exact_reader(stdin)
+    while True:
+        try:
+            frame = read_frame(read_exactly)
+        except ProtocolError as exc:
+            _send(stdout, {"ok": False, "error": f"protocol error: {exc}", "fatal": True})
+            return 2
+        if frame is None:
+            return 0
+        rid = frame.header.get("id")
+        op = frame.header.get("op")
+        if op == "bye":
+            _send(stdout, {"id": rid, "ok": True, "result": None})
+            return 0
+        try:
+            result, data = agent.handle(str(op), frame.header, frame.data)
+            _send(stdout, {"id": rid, "ok": True, "result": result}, data)
+        except ProtocolError as exc:
+            _send(stdout, {"id": rid, "ok": False, "error": f"protocol error: {exc}",
+                           "fatal": True})
+            return 2
+        except (MailmirrorError, OSError, ValueError) as exc:
+            _send(stdout, {"id": rid, "ok": False, "error": str(exc),
+                           "fatal": isinstance(exc, MailmirrorError)})
+
+
+def _send(stdout: BinaryIO, header: dict, data: bytes = b"") -> None:
+    stdout.write(encode_frame(header, data))
+    stdout.flush()
+
+
+def _exact_reader(stream: BinaryIO) -> Callable[[int], bytes]:
+    def read_exactly(n: int) -> bytes:
+        chunks, want = [], n
+        while want:
+            chunk = stream.read(min(want, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            want -= len(chunk)
+        return b"".join(chunks)
+
+    return read_exactly
+
+
+def main(root: str) -> int:
+    """Entry point of `mailmirror agent`: binary stdio, nothing else printed to stdout."""
+    stdout = os.fdopen(sys.stdout.fileno(), "wb", closefd=False)
+    stdin = os.fdopen(sys.stdin.fileno(), "rb", closefd=False)
+    return serve(root, stdin, stdout)

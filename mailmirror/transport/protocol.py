@@ -1,0 +1,91 @@
+"""The agent wire format: length-prefixed frames of a JSON header plus raw message bytes.
+
+frame := header_len (u32 BE) | data_len (u64 BE) | header (UTF-8 JSON object) | data
+Pure encode/decode with hard caps, so a hostile or broken peer gives a ProtocolError, never a
+huge allocation or a crash. docs/protocol.md documents the requests built on these frames.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+VERSION = 1
+PREFIX = struct.Struct(">IQ")
+MAX_HEADER = 64 << 20
+MAX_DATA = 2 << 30
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame of this protocol."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    header: dict
+    data: bytes = b""
+
+
+def encode_frame(header: dict, data: bytes = b"") -> bytes:
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False,
+                     ).encode("utf-8", "surrogateescape")
+    if len(raw) > MAX_HEADER or len(data) > MAX_DATA:
+        raise ProtocolError("frame too large")
+    return PREFIX.pack(len(raw), len(data)) + raw + data
+
+
+def decode_prefix(prefix: bytes) -> tuple[int, int]:
+    """Header and data lengths, refusing sizes past the caps."""
+    if len(prefix) != PREFIX.size:
+        raise ProtocolError("truncated frame prefix")
+    header_len, data_len = PREFIX.unpack(prefix)
+    if header_len == 0 or header_len > MAX_HEADER:
+        raise ProtocolError(f"frame header of {header_len} bytes")
+    if data_len > MAX_DATA:
+        raise ProtocolError(f"frame data of {data_len} bytes")
+    return header_len, data_len
+
+
+def decode_header(raw: bytes) -> dict:
+    try:
+        header = json.loads(raw.decode("utf-8", "surrogateescape"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"frame header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("frame header is not a JSON object")
+    return header
+
+
+def read_frame(read_exactly: Callable[[int], bytes]) -> Frame | None:
+    """Read one frame with `read_exactly(n)` (returns fewer bytes only at end of stream).
+
+    None at a clean end of stream; ProtocolError for a truncated or malformed frame.
+    """
+    prefix = read_exactly(PREFIX.size)
+    if not prefix:
+        return None
+    header_len, data_len = decode_prefix(prefix)
+    raw = read_exactly(header_len)
+    if len(raw) != header_len:
+        raise ProtocolError("stream ended inside a frame header")
+    header = decode_header(raw)
+    data = read_exactly(data_len) if data_len else b""
+    if len(data) != data_len:
+        raise ProtocolError("stream ended inside frame data")
+    return Frame(header, data)
+
+
+def split_data(data: bytes, lengths: list[int]) -> list[bytes]:
+    """Cut a frame's data into the pieces its header announces."""
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in lengths):
+        raise ProtocolError("invalid piece length")
+    if sum(lengths) != len(data):
+        raise ProtocolError("piece lengths do not add up to the frame data")
+    out, at = [], 0
+    view = memoryview(data)
+    for n in lengths:
+        out.append(bytes(view[at:at + n]))
+        at += n
+    return out

@@ -1,0 +1,200 @@
+"""SSH connections (asyncssh) for remote replicas: the agent over an exec channel, or SFTP.
+
+The engine is synchronous; asyncssh lives on an event loop in a background thread and every
+call crosses over with a timeout. asyncssh and OS errors are translated here, at the boundary,
+into one-line ReplicaErrors (exit 3) naming the host and the fix. Host keys are always
+verified against known_hosts: an unknown or changed key is an error, never accepted silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import socket
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncssh
+
+from mailmirror.errors import ReplicaError
+from mailmirror.replica.remote import AgentReplica
+from mailmirror.transport.address import Remote
+
+T = TypeVar("T")
+DEFAULT_AGENT = "mailmirror agent"
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    config: Path | None = None
+    identity: Path | None = None
+    known_hosts: Path | None = None
+    remote_command: str = DEFAULT_AGENT
+    connect_timeout: float = 15.0
+    io_timeout: float = 300.0
+    keepalive: float = 15.0
+
+
+class _Loop:
+    """An asyncio loop in a daemon thread; run() waits for a coroutine with a timeout."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                       name="mailmirror-ssh")
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+class SshChannel:
+    """A Channel (see replica/remote.py) over an asyncssh exec session."""
+
+    def __init__(self, session: SshSession, process: asyncssh.SSHClientProcess,
+                 command: str) -> None:
+        self.session = session
+        self.process = process
+        self.command = command
+
+    def send(self, data: bytes) -> None:
+        async def write() -> None:
+            self.process.stdin.write(data)
+            await self.process.stdin.drain()
+
+        self.session.run(write(), self.session.options.io_timeout)
+
+    def read_exactly(self, n: int) -> bytes:
+        async def read() -> bytes:
+            try:
+                return await self.process.stdout.readexactly(n)
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial:
+                    return exc.partial
+                await self._explain_eof()
+                return b""
+
+        return self.session.run(read(), self.session.options.io_timeout)
+
+    async def _explain_eof(self) -> None:
+        """The agent went away before answering: say why, from its exit status and stderr."""
+        try:
+            await asyncio.wait_for(self.process.wait_closed(), 5)
+        except (TimeoutError, asyncssh.Error):
+            return
+        err = ""
+        try:
+            raw = await asyncio.wait_for(self.process.stderr.read(), 1)
+            err = raw.decode("utf-8", "replace").strip()
+        except (TimeoutError, asyncssh.Error):
+            pass
+        status = self.process.exit_status
+        first = err.splitlines()[0] if err else ""
+        if status == 127:
+            raise ReplicaError(
+                f"{self.session.host}: `{self.command}` was not found on the remote: install "
+                "mailmirror there, or point --remote-command at it (or use --sftp)")
+        if status not in (None, 0) or first:
+            raise ReplicaError(f"{self.session.host}: the agent exited with status {status}"
+                               + (f": {first}" if first else ""))
+
+    def close(self) -> None:
+        try:
+            self.process.stdin.write_eof()
+        except (OSError, asyncssh.Error):
+            pass
+        self.process.close()
+
+
+class SshSession:
+    """One SSH connection to one host; it can serve several replicas (maildirs) there."""
+
+    def __init__(self, remote: Remote, options: SshOptions) -> None:
+        self.remote = remote
+        self.host = remote.host
+        self.options = options
+        self._loop = _Loop()
+        try:
+            self.conn = self.run(self._connect(), options.connect_timeout + 5)
+        except BaseException:
+            self._loop.stop()
+            raise
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        try:
+            return self._loop.run(coro, timeout)
+        except TimeoutError:
+            raise ReplicaError(f"{self.host}: no answer for {timeout:g} s: the connection "
+                               "stalled (check the network)") from None
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise ReplicaError(
+                f"{self.host}: host key not verified ({exc.reason}): check the host, then add "
+                "its key to known_hosts (ssh-keyscan, or connect once with ssh) or pass "
+                "--known-hosts FILE") from None
+        except asyncssh.PermissionDenied:
+            raise ReplicaError(
+                f"{self.host}: authentication failed: check the user and key (--identity, "
+                "ssh-agent, ~/.ssh/config)") from None
+        except asyncssh.DisconnectError as exc:
+            raise ReplicaError(f"{self.host}: disconnected: {exc.reason}") from None
+        except asyncssh.ChannelOpenError as exc:
+            raise ReplicaError(f"{self.host}: cannot open a channel: {exc.reason}") from None
+        except ConnectionRefusedError:
+            raise ReplicaError(f"{self.host}: connection refused: is sshd running, and is the "
+                               "port right?") from None
+        except socket.gaierror as exc:
+            raise ReplicaError(f"{self.host}: cannot resolve the host name ({exc.strerror})"
+                               ) from None
+        except OSError as exc:
+            raise ReplicaError(f"{self.host}: {exc.strerror or exc}") from None
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        opts = self.options
+        kwargs: dict[str, Any] = {
+            "connect_timeout": opts.connect_timeout,
+            "keepalive_interval": opts.keepalive,
+            "keepalive_count_max": 3,
+        }
+        if self.remote.port:
+            kwargs["port"] = self.remote.port
+        if self.remote.user:
+            kwargs["username"] = self.remote.user
+        if opts.config:
+            kwargs["config"] = [str(opts.config)]
+        if opts.identity:
+            kwargs["client_keys"] = [str(opts.identity)]
+        if opts.known_hosts:
+            kwargs["known_hosts"] = str(opts.known_hosts)
+        return await asyncssh.connect(self.host, **kwargs)
+
+    def open_agent(self, path: str, layout: str, sep: str, readonly: bool) -> AgentReplica:
+        """Start `REMOTE_COMMAND PATH` on the remote and speak the agent protocol to it."""
+        command = f"{self.options.remote_command} {shlex.quote(path)}"
+
+        async def start() -> asyncssh.SSHClientProcess:
+            return await self.conn.create_process(command, encoding=None)
+
+        process = self.run(start(), self.options.connect_timeout)
+        channel = SshChannel(self, process, self.options.remote_command)
+        label = self.remote.label() if self.remote.path == path else f"{self.host}:{path}"
+        return AgentReplica(channel, label, layout, sep, readonly)
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+            self._loop.run(self.conn.wait_closed(), 5)
+        except (TimeoutError, OSError, asyncssh.Error):
+            pass
+        self._loop.stop()
