@@ -1,0 +1,169 @@
+"""The agent protocol: a sync through a real `mailmirror agent` process, hostile agents and
+hostile clients, and a fuzzed frame decoder."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailmirror.errors import ReplicaError
+from mailmirror.maildir.folders import create_folder
+from mailmirror.replica.base import Delivery, Outcome, Ref
+from mailmirror.replica.local import open_local
+from mailmirror.replica.remote import AgentReplica, PipeChannel
+from mailmirror.store import open_store
+from mailmirror.sync.engine import SyncOptions, sync
+from mailmirror.sync.state import SyncState
+from mailmirror.transport.agent import serve
+from mailmirror.transport.protocol import ProtocolError, encode_frame, read_frame
+from tests.test_crash import make_tree, published
+
+
+def agent(root: Path) -> AgentReplica:
+    return AgentReplica(PipeChannel([sys.executable, "-m", "mailmirror", "agent", str(root)]),
+                        f"pipe:{root}")
+
+
+def test_sync_through_the_agent_both_ways(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    contents = make_tree(a, 300, 2000)
+    state = SyncState(open_store(tmp_path / "s.db"))
+    remote = agent(b)
+    try:
+        assert sync(open_local(a), remote, state, SyncOptions()).counts["copy a->b"] == 300
+        (b / "new" / "1800000000.M1P1.far,S=5").write_bytes(b"hello")
+        first = sorted(os.listdir(a / "cur"))[0]
+        os.rename(a / "cur" / first, a / "cur" / (first.split(":2,")[0] + ":2,FRS"))
+        report = sync(open_local(a), remote, state, SyncOptions())
+        assert report.counts == {"copy b->a": 1, "move b": 1}
+        assert not sync(open_local(a), remote, state, SyncOptions()).counts
+    finally:
+        remote.close()
+    assert published(a) == published(b) == {**contents, "1800000000.M1P1.far,S=5": b"hello"}
+
+
+FAKE = textwrap.dedent("""
+    import json, struct, sys
+    out, inp = sys.stdout.buffer, sys.stdin.buffer
+    def send(h, data=b""):
+        raw = json.dumps(h).encode()
+        out.write(struct.pack(">IQ", len(raw), len(data)) + raw + data); out.flush()
+    while True:
+        prefix = inp.read(12)
+        if len(prefix) < 12: break
+        hl, dl = struct.unpack(">IQ", prefix)
+        req = json.loads(inp.read(hl)); inp.read(dl)
+        op = req["op"]
+        if op == "hello":
+            send({"id": req["id"], "ok": True, "result": {"version": 1, "id": "evil-replica"}})
+        elif op == "clock":
+            send({"id": req["id"], "ok": True, "result": 0})
+        elif op == "stamps":
+            send({"id": req["id"], "ok": True, "result": STAMPS})
+        elif op == "list":
+            send({"id": req["id"], "ok": True, "result": {f: NAMES for f in req["folders"]}})
+        elif op == "read":
+            send({"id": req["id"], "ok": True, "result": [10**12] * len(req["refs"])}, b"x")
+        else:
+            send({"id": req["id"], "ok": True, "result": None})
+""")
+
+
+@pytest.mark.parametrize("stamps,names", [
+    ({"INBOX": [1, 1], "../../etc": [1, 1]}, []),
+    ({"INBOX": [1, 1]}, ["cur/../../../evil:2,S"]),
+    ({"INBOX": [1, 1]}, ["cur/a/b"]),
+    ({"INBOX": [1, 1]}, ["cur/nul\u0000byte"]),
+    ({"INBOX": [1, 1]}, ["tmp/x"]),
+    ({"INBOX": [1, 1]}, ["cur/1.M1P1.x,S=5:2,S"]),  # then a read with a huge announced size
+])
+def test_hostile_agent_is_refused_and_nothing_is_written_outside(tmp_path, stamps, names):
+    script = tmp_path / "fake_agent.py"
+    script.write_text(f"STAMPS = {stamps!r}\nNAMES = {names!r}\n" + FAKE)
+    a = tmp_path / "a"
+    create_folder(a, "INBOX")
+    before = sorted(p for p in tmp_path.rglob("*"))
+    remote = AgentReplica(PipeChannel([sys.executable, str(script)]), "fake")
+    state = SyncState(open_store(tmp_path / "s.db"))
+    with pytest.raises(ReplicaError, match="invalid"):
+        sync(open_local(a), remote, state, SyncOptions())
+    remote.channel.close()
+    after = sorted(p for p in tmp_path.rglob("*") if not p.name.startswith(("s.db", "mailmirror")))
+    assert [p for p in after if p not in before and "a/" not in str(p)] == []
+    assert not (tmp_path.parent / "evil:2,S").exists()
+
+
+def _serve(root: Path, frames: list[bytes]) -> list[dict]:
+    out = io.BytesIO()
+    serve(str(root), io.BytesIO(b"".join(frames)), out)
+    out.seek(0)
+    replies = []
+    while (frame := read_frame(out.read)) is not None:
+        replies.append(frame.header)
+    return replies
+
+
+def test_agent_refuses_hostile_requests(tmp_path):
+    root = tmp_path / "m"
+    hello = encode_frame({"id": 1, "op": "hello", "version": 1})
+    deliver = encode_frame({"id": 2, "op": "deliver",
+                            "refs": [["INBOX", "cur/../../escape"], ["../x", "cur/y"],
+                                     ["INBOX", "new/ok"]],
+                            "lengths": [1, 1, 1]}, b"abc")
+    replies = _serve(root, [hello, deliver])
+    assert replies[0]["ok"] and replies[1]["ok"]
+    outcomes = [r[0] for r in replies[1]["result"]]
+    assert outcomes == [Outcome.FAILED.value, Outcome.FAILED.value, Outcome.OK.value]
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "x").exists()
+    assert (root / "new" / "ok").read_bytes() == b"c"
+    bad_version = _serve(root, [encode_frame({"id": 1, "op": "hello", "version": 99})])
+    assert not bad_version[0]["ok"] and "version" in bad_version[0]["error"]
+    before_hello = _serve(root, [encode_frame({"id": 1, "op": "stamps"})])
+    assert not before_hello[0]["ok"]
+
+
+def test_agent_ends_cleanly_on_a_truncated_frame(tmp_path):
+    frame = encode_frame({"id": 1, "op": "hello", "version": 1})
+    replies = _serve(tmp_path / "m", [frame[:-3]])
+    assert replies and replies[-1]["ok"] is False and replies[-1]["fatal"]
+
+
+def test_missing_agent_is_one_clear_error(tmp_path):
+    with pytest.raises(ReplicaError, match="closed the connection"):
+        AgentReplica(PipeChannel(["true"]), "nowhere")
+
+
+@given(st.binary(max_size=200))
+def test_frame_decoder_never_crashes(blob):
+    stream = io.BytesIO(blob)
+    try:
+        while read_frame(stream.read) is not None:
+            pass
+    except ProtocolError:
+        pass
+
+
+@given(st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=20), max_size=5),
+       st.binary(max_size=100))
+def test_frames_round_trip(header, data):
+    frame = read_frame(io.BytesIO(encode_frame(header, data)).read)
+    assert frame is not None and frame.header == header and frame.data == data
+
+
+def test_deliver_through_agent_is_durable_and_no_clobber(tmp_path):
+    remote = agent(tmp_path / "m")
+    try:
+        first = remote.deliver([Delivery(Ref("INBOX", "new/1.M1P1.x"), b"one")])
+        second = remote.deliver([Delivery(Ref("INBOX", "new/1.M1P1.x"), b"two")])
+    finally:
+        remote.close()
+    assert first[0].ok and second[0].outcome is Outcome.EXISTS
+    assert (tmp_path / "m" / "new" / "1.M1P1.x").read_bytes() == b"one"
+    assert os.listdir(tmp_path / "m" / "tmp") == []
