@@ -9,7 +9,6 @@ configuration error; 3 fatal (a replica or the state store cannot be reached, re
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import typer
 from mailmirror.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, MailmirrorError
 
 if TYPE_CHECKING:
-    from mailmirror.transport.ssh import SshOptions
+    from mailmirror.transport.options import SshOptions
 
 app = typer.Typer(
     help="Two-way, message-aware Maildir sync.\n\n"
@@ -75,6 +74,8 @@ def sync(
     remote_command: Annotated[str, typer.Option(
         help="How to start the agent on the remote; the maildir path is appended, quoted.")]
     = "mailmirror agent",
+    remote: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--remote", help="With a profile: use this remote (host or address) only.")] = None,
     state: StateOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -95,11 +96,11 @@ def sync(
     3 fatal (replica or state unusable, or locked).
     """
     try:
-        from mailmirror.transport.ssh import SshOptions
+        from mailmirror.transport.options import SshOptions
 
         ssh = SshOptions(ssh_config, identity, known_hosts, remote_command)
         code = _sync(a, b, dry_run, prefer, full, allow_empty, layout, separator, lock_timeout,
-                     state, config, json_out, ssh)
+                     state, config, json_out, ssh, remote)
     except (MailmirrorError, OSError) as exc:
         if isinstance(exc, OSError):
             exc = MailmirrorError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
@@ -111,63 +112,51 @@ def sync(
 
 def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_empty: bool,
           layout: str, separator: str, lock_timeout: float, state: Path | None,
-          config: Path | None, json_out: bool, ssh: SshOptions) -> int:
+          config: Path | None, json_out: bool, ssh: SshOptions, remote: str | None) -> int:
+    from dataclasses import replace
+
     from mailmirror import paths
     from mailmirror.errors import UsageError
+    from mailmirror.jobs import Job, Runner, Settings
     from mailmirror.maildir.folders import LAYOUTS
     from mailmirror.maildir.names import SEPARATORS
-    from mailmirror.replica.local import check_local, open_local
     from mailmirror.report import Reporter
-    from mailmirror.store import open_store
     from mailmirror.sync.engine import SyncOptions
-    from mailmirror.sync.engine import sync as run_sync
-    from mailmirror.sync.lock import pair_lock
     from mailmirror.sync.model import Side
-    from mailmirror.sync.state import SyncState
-    from mailmirror.transport.address import parse_address
-    from mailmirror.transport.ssh import SshSession
 
+    timeout = None
     if b is None:
         from mailmirror.config import load_profile
 
         profile = load_profile(config or paths.default_config_path(), a)
-        a, b, layout, separator, prefer = (profile.a, profile.b, profile.layout,
-                                           profile.separator, profile.prefer)
+        jobs = [Job(pa, candidates, command) for pa, candidates, command in profile.pairs]
+        layout, separator, prefer = profile.layout, profile.separator, profile.prefer
+        timeout = profile.timeout
+        ssh = replace(ssh, **{k: Path(v).expanduser() for k in
+                              ("config", "identity", "known_hosts")
+                              if (v := getattr(profile, "ssh_config" if k == "config" else k))
+                              and getattr(ssh, k) is None})
+    else:
+        if remote is not None:
+            raise UsageError("--remote picks one of a profile's remotes: give a profile name")
+        jobs = [Job(a, (b,))]
     if prefer not in ("a", "b"):
         raise UsageError(f"--prefer must be a or b, not {prefer!r}")
     if layout not in LAYOUTS:
         raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     if separator not in SEPARATORS:
         raise UsageError(f"--separator must be one of {' '.join(SEPARATORS)}")
-    state_path = state or paths.default_state_path()
     reporter = Reporter(json_out=json_out, tty=sys.stderr.isatty())
-    addresses = [parse_address(a), parse_address(b)]
-    for address in addresses:
-        if isinstance(address, str):
-            check_local(address, layout)
-    with contextlib.ExitStack() as stack:
-        replicas = []
-        for address in addresses:
-            if isinstance(address, str):
-                replicas.append(open_local(address, layout, separator, readonly=dry_run))
-                continue
-            session = SshSession(address, ssh)
-            stack.callback(session.close)
-            replica = session.open_agent(address.path, layout, separator, readonly=dry_run)
-            stack.callback(replica.close)
-            replicas.append(replica)
-        replica_a, replica_b = replicas
-        store = stack.enter_context(open_store(state_path))
-        stack.enter_context(pair_lock(state_path, replica_a.id, replica_b.id, lock_timeout))
-        sync_state = SyncState(store)
-        for line in sync_state.moved_labels(replica_a, replica_b):
-            reporter.notice(line)
-        with reporter.progress() as progress:
-            options = SyncOptions(prefer=Side(prefer), dry_run=dry_run, full=full,
-                                  allow_empty=allow_empty, progress=progress)
-            report = run_sync(replica_a, replica_b, sync_state, options)
-    reporter.finish(report)
-    return EXIT_PARTIAL if report.skipped else EXIT_OK
+    options = SyncOptions(prefer=Side(prefer), dry_run=dry_run, full=full,
+                          allow_empty=allow_empty)
+    settings = Settings(state or paths.default_state_path(), options, ssh, layout, separator,
+                        lock_timeout, timeout, remote)
+    reports = []
+    with reporter.progress() as progress, Runner(settings, reporter.notice, progress) as runner:
+        for job in jobs:
+            reports.append(runner.run(job))
+    reporter.finish(reports)
+    return EXIT_PARTIAL if any(r.skipped for r in reports) else EXIT_OK
 
 
 @app.command()

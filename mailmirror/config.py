@@ -14,17 +14,26 @@ from mailmirror.errors import ConfigError
 from mailmirror.maildir.folders import LAYOUTS, MAILDIRPP
 from mailmirror.maildir.names import SEPARATORS
 
-PROFILE_KEYS = {"a", "b", "layout", "separator", "prefer"}
+PROFILE_KEYS = {"a", "b", "local", "remotes", "users", "layout", "separator", "prefer",
+                "remote_command", "ssh_config", "identity", "known_hosts", "timeout"}
 
 
 @dataclass(frozen=True)
 class Profile:
+    """A named sync job: pairs of (local-or-remote A, candidate Bs tried in order).
+
+    With `users`, every address and the remote command are expanded per user ("{user}").
+    """
+
     name: str
-    a: str
-    b: str
+    pairs: tuple[tuple[str, tuple[str, ...], str | None], ...]  # (a, candidates, command)
     layout: str = MAILDIRPP
     separator: str = ":"
     prefer: str = "a"
+    timeout: float = 10.0
+    ssh_config: str | None = None
+    identity: str | None = None
+    known_hosts: str | None = None
 
 
 def read_config(path: Path) -> dict:
@@ -41,15 +50,37 @@ def read_config(path: Path) -> dict:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
 
 
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
 def profile_problems(name: str, table: object) -> list[str]:
     """Every problem of one [profile.NAME] table, each naming the key."""
     where = f"[profile.{name}]"
     if not isinstance(table, dict):
         return [f"{where} must be a table"]
     problems = [f"{where}: unknown key {k!r}" for k in sorted(set(table) - PROFILE_KEYS)]
-    for key in ("a", "b"):
-        if not isinstance(table.get(key), str) or not table.get(key):
-            problems.append(f"{where}: {key} must be a maildir path")
+    if "a" in table or "b" in table:
+        for key in ("a", "b"):
+            if not _is_text(table.get(key)):
+                problems.append(f"{where}: {key} must be a maildir path or address")
+        if "local" in table or "remotes" in table:
+            problems.append(f"{where}: give either a and b, or local and remotes")
+    else:
+        if not _is_text(table.get("local")):
+            problems.append(f"{where}: local must be a maildir path (or give a and b)")
+        remotes = table.get("remotes")
+        if not isinstance(remotes, list) or not remotes or not all(map(_is_text, remotes)):
+            problems.append(f"{where}: remotes must be a list of addresses, tried in order")
+    users = table.get("users")
+    if users is not None and (not isinstance(users, list) or not all(map(_is_text, users))):
+        problems.append(f"{where}: users must be a list of user names")
+    for key in ("remote_command", "ssh_config", "identity", "known_hosts"):
+        if key in table and not _is_text(table[key]):
+            problems.append(f"{where}: {key} must be a string")
+    timeout = table.get("timeout", 10)
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+        problems.append(f"{where}: timeout must be a positive number of seconds")
     if table.get("layout", MAILDIRPP) not in LAYOUTS:
         problems.append(f"{where}: layout must be one of {', '.join(LAYOUTS)}")
     if table.get("separator", ":") not in SEPARATORS:
@@ -71,5 +102,17 @@ def load_profile(path: Path, name: str) -> Profile:
     problems = profile_problems(name, table)
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
-    return Profile(name, table["a"], table["b"], table.get("layout", MAILDIRPP),
-                   table.get("separator", ":"), table.get("prefer", "a"))
+    a = table.get("a", table.get("local"))
+    candidates = [table["b"]] if "b" in table else list(table["remotes"])
+    command = table.get("remote_command")
+    pairs = []
+    for user in table.get("users") or [None]:
+        def expand(text: str, user: str | None = user) -> str:
+            return text.replace("{user}", user) if user else text
+
+        pairs.append((expand(a), tuple(expand(c) for c in candidates),
+                      expand(command) if command else None))
+    return Profile(name, tuple(pairs), table.get("layout", MAILDIRPP),
+                   table.get("separator", ":"), table.get("prefer", "a"),
+                   float(table.get("timeout", 10)), table.get("ssh_config"),
+                   table.get("identity"), table.get("known_hosts"))

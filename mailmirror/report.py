@@ -41,13 +41,21 @@ class Reporter:
 
             yield update
 
-    def finish(self, report: SyncReport) -> None:
+    def finish(self, reports: list[SyncReport]) -> None:
+        """One JSON object (a "runs" list when a profile synced several pairs), or text."""
         if self.json_out:
-            out = report.to_json()
-            if report.dry_run and report.plan is not None:
-                out["plan"] = [_action_json(a) for a in report.plan.actions]
-            print(json.dumps(out))
+            outs = []
+            for report in reports:
+                out = report.to_json()
+                if report.dry_run and report.plan is not None:
+                    out["plan"] = [_action_json(a) for a in report.plan.actions]
+                outs.append(out)
+            print(json.dumps(outs[0] if len(outs) == 1 else {"runs": outs}))
             return
+        for report in reports:
+            self._finish_text(report)
+
+    def _finish_text(self, report: SyncReport) -> None:
         if report.dry_run and report.plan is not None:
             for action in report.plan.actions:
                 print(_action_text(action))

@@ -13,8 +13,6 @@ import shlex
 import socket
 import threading
 from collections.abc import Coroutine
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncssh
@@ -22,20 +20,9 @@ import asyncssh
 from mailmirror.errors import ReplicaError
 from mailmirror.replica.remote import AgentReplica
 from mailmirror.transport.address import Remote
+from mailmirror.transport.options import SshOptions
 
 T = TypeVar("T")
-DEFAULT_AGENT = "mailmirror agent"
-
-
-@dataclass(frozen=True)
-class SshOptions:
-    config: Path | None = None
-    identity: Path | None = None
-    known_hosts: Path | None = None
-    remote_command: str = DEFAULT_AGENT
-    connect_timeout: float = 15.0
-    io_timeout: float = 300.0
-    keepalive: float = 15.0
 
 
 class _Loop:
@@ -179,15 +166,20 @@ class SshSession:
             kwargs["known_hosts"] = str(opts.known_hosts)
         return await asyncssh.connect(self.host, **kwargs)
 
-    def open_agent(self, path: str, layout: str, sep: str, readonly: bool) -> AgentReplica:
-        """Start `REMOTE_COMMAND PATH` on the remote and speak the agent protocol to it."""
-        command = f"{self.options.remote_command} {shlex.quote(path)}"
+    def open_agent(self, path: str, layout: str, sep: str, readonly: bool,
+                   command: str | None = None) -> AgentReplica:
+        """Start `COMMAND PATH` on the remote and speak the agent protocol to it.
+
+        COMMAND defaults to the session's --remote-command; PATH is shell-quoted.
+        """
+        program = command or self.options.remote_command
+        command = f"{program} {shlex.quote(path)}"
 
         async def start() -> asyncssh.SSHClientProcess:
             return await self.conn.create_process(command, encoding=None)
 
         process = self.run(start(), self.options.connect_timeout)
-        channel = SshChannel(self, process, self.options.remote_command)
+        channel = SshChannel(self, process, program)
         label = self.remote.label() if self.remote.path == path else f"{self.host}:{path}"
         return AgentReplica(channel, label, layout, sep, readonly)
 

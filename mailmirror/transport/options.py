@@ -1,0 +1,19 @@
+"""How to reach remote replicas over SSH: settings only, so callers need not import asyncssh."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_AGENT = "mailmirror agent"
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    config: Path | None = None
+    identity: Path | None = None
+    known_hosts: Path | None = None
+    remote_command: str = DEFAULT_AGENT
+    connect_timeout: float = 15.0
+    io_timeout: float = 300.0
+    keepalive: float = 15.0
