@@ -21,6 +21,8 @@ from typing import Any
 
 import asyncssh
 
+from mailmirror.transport.loop import LoopThread
+
 ALIAS = "mailhost"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 START_TIMEOUT = 10.0
@@ -211,3 +213,21 @@ def _stop(server: Sshd) -> None:
     if server.process.poll() is None:
         server.process.kill()
     server.process.wait(timeout=5)
+
+
+@contextmanager
+def sftp_client(rig: SshRig, host: str = ALIAS) -> Iterator[tuple[LoopThread, asyncssh.SFTPClient]]:
+    """An SFTP client to `host` living on its own loop thread, as the sync engine needs it."""
+    with LoopThread("sftp-test") as loop:
+        conn = loop.run(rig.connect(host))
+        try:
+            sftp = loop.run(_start_sftp(conn))
+            yield loop, sftp
+            sftp.exit()
+        finally:
+            conn.close()
+            loop.run(conn.wait_closed(), 5)
+
+
+async def _start_sftp(conn: asyncssh.SSHClientConnection) -> asyncssh.SFTPClient:
+    return await conn.start_sftp_client()
