@@ -46,6 +46,30 @@ class Sshd:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def descendants(self, program: str) -> list[int]:
+        """Pids of running processes named `program` started by this sshd (e.g. sftp-server),
+        for tests that kill one to drop a connection."""
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if os.path.basename(os.fsdecode(argv0)) == program and self._is_ancestor(int(pid)):
+                found.append(int(pid))
+        return found
+
+    def _is_ancestor(self, pid: int) -> bool:
+        while pid > 1:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return False
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+            if pid == self.process.pid:
+                return True
+        return False
+
 
 @dataclass
 class SshRig:
