@@ -142,7 +142,14 @@ ops = st.lists(
 @given(ops=ops)
 def test_n_replicas_agree(ops):
     replicas: list[World] = [{}, {}, {}]
+    tombs: list[World] = [{}, {}, {}]
     bases: dict[tuple[int, int], World] = {}
+
+    def sync(i: int, j: int) -> object:
+        pair = (min(i, j), max(i, j))
+        return sync_pair(replicas[i], replicas[j], bases.setdefault(pair, {}), A,
+                         tombs[i], tombs[j])
+
     delivered: set[str] = set()
     deleted: set[str] = set()
     for op, i, j, key, flag, folder in ops:
@@ -162,15 +169,32 @@ def test_n_replicas_agree(ops):
             deleted.add(key)
             del w[key]
         elif op == "sync" and i != j:
-            pair = (min(i, j), max(i, j))
-            sync_pair(replicas[pair[0]], replicas[pair[1]], bases.setdefault(pair, {}))
-    # quiet rounds in a star around replica 0: pairwise bases cannot settle a deletion that
-    # races a copy around a ring (docs/spec.md, known limitation)
+            sync(i, j)
+    # quiet rounds around the ring: tombstones keep a deletion from chasing a copy forever
     for _ in range(2):
-        for pair in ((0, 1), (0, 2)):
-            sync_pair(replicas[pair[0]], replicas[pair[1]], bases.setdefault(pair, {}))
+        for i, j in ((0, 1), (1, 2), (2, 0)):
+            sync(i, j)
     assert same(replicas[0], replicas[1]) and same(replicas[1], replicas[2])
     for key in delivered - deleted:
         assert key in replicas[0], f"{key} was never deleted but is gone"
-    for pair in ((0, 1), (0, 2)):
-        assert sync_pair(replicas[pair[0]], replicas[pair[1]], bases[pair]).is_empty()
+    for i, j in ((0, 1), (1, 2), (2, 0)):
+        assert sync(i, j).is_empty()
+
+
+def test_deletion_does_not_chase_a_copy_around_a_ring():
+    """Found by the engine oracle test: without tombstones this cycles forever."""
+    replicas: list[World] = [{}, {}, {}]
+    tombs: list[World] = [{}, {}, {}]
+    bases: dict[tuple[int, int], World] = {}
+
+    def sync(i: int, j: int) -> None:
+        sync_pair(replicas[i], replicas[j], bases.setdefault((min(i, j), max(i, j)), {}), A,
+                  tombs[i], tombs[j])
+
+    replicas[2]["k"] = E(subdir=NEW)
+    sync(1, 2)
+    del replicas[2]["k"]
+    for _ in range(3):
+        for i, j in ((0, 1), (1, 2), (0, 2)):
+            sync(i, j)
+    assert replicas == [{}, {}, {}]

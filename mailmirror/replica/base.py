@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from mailmirror.sync.model import Entry
+
 
 @dataclass(frozen=True, slots=True)
 class Stamp:
@@ -96,6 +98,14 @@ class Replica(Protocol):
 
     def add_keywords(self, folder: str, names: Iterable[str]) -> dict[str, str]:
         """Give each name a letter in this folder (as Dovecot does); return letter -> name."""
+        ...
+
+    def tombstones(self, keys: Sequence[str]) -> dict[str, Entry]:
+        """For each key deleted here before, the entry it had then (see maildir/tombstones)."""
+        ...
+
+    def add_tombstones(self, items: Sequence[tuple[str, Entry]]) -> None:
+        """Remember that these messages were deleted here, durably."""
         ...
 
     def create_folder(self, folder: str) -> None:

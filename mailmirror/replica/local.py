@@ -29,6 +29,12 @@ from mailmirror.maildir.folders import (
 )
 from mailmirror.maildir.fsops import fsync_dir, rename_noreplace, sync_filesystem
 from mailmirror.maildir.names import check_name
+from mailmirror.maildir.tombstones import (
+    RETENTION_SECONDS,
+    TOMBSTONES_FILE,
+    format_tombstone,
+    parse_tombstones,
+)
 from mailmirror.replica.base import (
     OK,
     Delivery,
@@ -38,10 +44,12 @@ from mailmirror.replica.base import (
     Result,
     Stamp,
 )
+from mailmirror.sync.model import Entry
 
 ID_FILE = "mailmirror-id"
 TMP_SUFFIX = ".mmtmp"
 MAX_MESSAGE = 1 << 30
+TOMBSTONE_REWRITE_BYTES = 8 << 20
 _SUBDIRS = ("cur", "new")
 
 
@@ -115,6 +123,40 @@ class LocalReplica:
 
     def create_folder(self, folder: str) -> None:
         create_folder(self.root, folder, self.layout)
+
+    def tombstones(self, keys: Sequence[str]) -> dict[str, Entry]:
+        if not keys:
+            return {}
+        try:
+            text = (self.root / TOMBSTONES_FILE).read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return {}
+        found = parse_tombstones(text)
+        return {k: Entry(found[k][1], found[k][2], found[k][3]) for k in keys if k in found}
+
+    def add_tombstones(self, items: Sequence[tuple[str, Entry]]) -> None:
+        if not items or self.readonly:
+            return
+        now = int(time.time())
+        lines = "".join(format_tombstone(now, key, e.folder, e.subdir, e.flags)
+                        for key, e in items)
+        path = self.root / TOMBSTONES_FILE
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+        if size > TOMBSTONE_REWRITE_BYTES:
+            self._prune_tombstones(path, now)
+
+    def _prune_tombstones(self, path: Path, now: int) -> None:
+        """Rewrite the file without lines past the retention (temp file, then rename)."""
+        kept = {k: v for k, v in parse_tombstones(path.read_text("utf-8", "replace")).items()
+                if v[0] > now - RETENTION_SECONDS}
+        tmp = self.root / "tmp" / f"{TOMBSTONES_FILE}.{os.getpid()}"
+        _write_new(str(tmp), "".join(format_tombstone(v[0], k, v[1], v[2], v[3])
+                                     for k, v in kept.items()).encode(), durable=True)
+        os.replace(tmp, path)
 
     def remove_folder(self, folder: str) -> bool:
         if folder == INBOX:

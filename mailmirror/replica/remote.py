@@ -17,6 +17,7 @@ from mailmirror.errors import ReplicaError
 from mailmirror.maildir.folders import InvalidFolder, check_folder
 from mailmirror.maildir.names import InvalidName, check_name
 from mailmirror.replica.base import Delivery, Outcome, Ref, Rename, Result, Stamp
+from mailmirror.sync.model import Entry
 from mailmirror.transport.protocol import (
     VERSION,
     ProtocolError,
@@ -68,6 +69,8 @@ class AgentReplica:
         except ProtocolError as exc:
             raise ReplicaError(f"{self.label}: the agent sent an invalid reply ({exc}): "
                                "is `mailmirror agent` the same version there?") from None
+        except (BrokenPipeError, ConnectionResetError):
+            frame = None
         except OSError as exc:
             raise ReplicaError(f"{self.label}: connection lost ({exc})") from None
         if frame is None:
@@ -147,6 +150,27 @@ class AgentReplica:
 
     def add_keywords(self, folder: str, names: Iterable[str]) -> dict[str, str]:
         return self._keyword_map(self._call("add_keywords", folder=folder, names=sorted(names)))
+
+    def tombstones(self, keys: Sequence[str]) -> dict[str, Entry]:
+        if not keys:
+            return {}
+        raw = self._call("tombstones", keys=list(keys))
+        if not isinstance(raw, dict) or not set(raw) <= set(keys):
+            raise self._bad("tombstone list")
+        out = {}
+        for key, value in raw.items():
+            if (not isinstance(value, list) or len(value) != 3 or value[1] not in ("new", "cur")
+                    or not isinstance(value[2], list)
+                    or not all(isinstance(f, str) and f for f in value[2])):
+                raise self._bad("tombstone")
+            self._check_folder(value[0])
+            out[key] = Entry(value[0], value[1], frozenset(value[2]))
+        return out
+
+    def add_tombstones(self, items: Sequence[tuple[str, Entry]]) -> None:
+        if items:
+            self._call("add_tombstones", items=[[k, e.folder, e.subdir, sorted(e.flags)]
+                                                for k, e in items])
 
     def create_folder(self, folder: str) -> None:
         self._call("create_folder", folder=folder)

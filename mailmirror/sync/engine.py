@@ -124,6 +124,7 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
         {k: loc.entry for k, loc in found.current[Side.A].items()},
         {k: loc.entry for k, loc in found.current[Side.B].items()},
         options.prefer,
+        _tombstones(replicas, found),
     )
     report.plan = plan
     report.conflicts.extend(plan.conflicts)
@@ -146,6 +147,21 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
         report.seconds = time.monotonic() - started
         state.end_run(run_id, outcome, report.to_json())
     return report
+
+
+def _tombstones(replicas: dict[Side, Replica], found: Scan) -> dict[str, Entry]:
+    """Tombstones of the absent side, for keys this pair has no base for and one side lacks."""
+    wanted: dict[Side, list[str]] = {Side.A: [], Side.B: []}
+    for key in found.candidates:
+        if key in found.base:
+            continue
+        here = [s for s in Side if key in found.current[s]]
+        if len(here) == 1:
+            wanted[here[0].other].append(key)
+    out: dict[str, Entry] = {}
+    for side, keys in wanted.items():
+        out.update(replicas[side].tombstones(sorted(keys)))
+    return out
 
 
 def _check_not_emptied(replicas: dict[Side, Replica], found: Scan) -> None:
@@ -197,6 +213,12 @@ class _Executor:
         self.ready: list[tuple[str, BaseRow | None]] = []
         self.touched: set[tuple[Side, str]] = set()
         self.unsettled: set[tuple[Side, str]] = set()
+        self.tombs: dict[Side, list[tuple[str, Entry]]] = {Side.A: [], Side.B: []}
+        for key in found.candidates:  # deletions users made since the last sync
+            row = found.base.get(key)
+            for s in Side:
+                if row is not None and key not in found.current[s]:
+                    self.tombs[s].append((key, row.entry))
 
     # -- driving -------------------------------------------------------------------------
     def run(self, plan: Plan) -> None:
@@ -224,12 +246,17 @@ class _Executor:
         self._copies(copies)
         self._flush_base()
         self._remove_deleted_folders()
+        for s in Side:
+            self.replicas[s].add_tombstones(self.tombs[s])
         self._record_folders()
         self.report.notices.extend(self.codec.problems)
 
     def _done(self, i: int, action: object, result: Result) -> None:
         if result.ok:
             self.report.counts[describe(action)] += 1  # type: ignore[arg-type]
+            if isinstance(action, Delete):
+                entry = self.locs[(action.side, action.key)].entry
+                self.tombs[action.side].append((action.key, entry))
         else:
             self.failed.add(i)
             self._unsettle(self.decisions[i].key)

@@ -57,8 +57,14 @@ def reconcile(
     a: Entry | None,
     b: Entry | None,
     prefer: Side = Side.A,
+    tomb: Entry | None = None,
 ) -> Decision:
-    """Decide one message. `prefer` breaks ties when both sides moved it differently."""
+    """Decide one message. `prefer` breaks ties when both sides moved it differently.
+
+    `tomb` is the absent side's tombstone for a message present on one side only: the state
+    that side held when the message was deleted there (maybe through another pair). With no
+    base, it stands in for the base, so a deletion made elsewhere is not undone by a copy.
+    """
     entries = {Side.A: a, Side.B: b}
     if a is None and b is None:
         # gone on both sides (or never there): forget it
@@ -67,6 +73,9 @@ def reconcile(
         present = Side.A if a is not None else Side.B
         entry = entries[present]
         assert entry is not None
+        if base is None and tomb is not None:
+            # deleted on the other side through another pair: as if this pair had seen it
+            base = tomb
         if base is None:
             # new on one side: copy it over
             return Decision(key, (Copy(key, present, entry),), {key: entry})
@@ -138,11 +147,16 @@ def plan(
     a: Mapping[str, Entry],
     b: Mapping[str, Entry],
     prefer: Side = Side.A,
+    tombs: Mapping[str, Entry] | None = None,
 ) -> Plan:
-    """Reconcile every key in `keys`; keys left out are taken as unchanged on both sides."""
+    """Reconcile every key in `keys`; keys left out are taken as unchanged on both sides.
+
+    `tombs` holds, for keys present on one side only, the absent side's tombstone.
+    """
     decisions = []
+    tombs = tombs or {}
     for key in sorted(keys):
-        decision = reconcile(key, base.get(key), a.get(key), b.get(key), prefer)
+        decision = reconcile(key, base.get(key), a.get(key), b.get(key), prefer, tombs.get(key))
         if decision.actions or decision.base != {key: base.get(key)}:
             decisions.append(decision)
     conflicts = tuple(d.conflict for d in decisions if d.conflict)

@@ -15,8 +15,11 @@ from typing import BinaryIO
 
 from mailmirror import __version__
 from mailmirror.errors import MailmirrorError
+from mailmirror.maildir.folders import check_folder
+from mailmirror.maildir.names import check_name
 from mailmirror.replica.base import Delivery, Ref, Rename, Result
 from mailmirror.replica.local import LocalReplica, open_local
+from mailmirror.sync.model import Entry
 from mailmirror.transport.protocol import (
     VERSION,
     ProtocolError,
@@ -35,6 +38,28 @@ def _refs(items: object) -> list[Ref]:
                 or not all(isinstance(x, str) for x in item)):
             raise ProtocolError("a ref is [folder, relname]")
         out.append(Ref(item[0], item[1]))
+    return out
+
+
+def _tomb_items(items: object) -> list[tuple[str, Entry]]:
+    if not isinstance(items, list):
+        raise ProtocolError("items must be a list")
+    out = []
+    for item in items:
+        if (not isinstance(item, list) or len(item) != 4
+                or not all(isinstance(x, str) for x in item[:3])
+                or not isinstance(item[3], list)
+                or not all(isinstance(f, str) and f and " " not in f for f in item[3])):
+            raise ProtocolError("a tombstone is [key, folder, subdir, [flags]]")
+        key, folder, subdir, flags = item
+        try:
+            check_name(key)
+            check_folder(folder)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        if subdir not in ("new", "cur"):
+            raise ProtocolError("a tombstone's subdir is new or cur")
+        out.append((key, Entry(folder, subdir, frozenset(flags))))
     return out
 
 
@@ -80,6 +105,15 @@ class Agent:
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise ProtocolError("add_keywords needs names")
             return replica.add_keywords(_text(header, "folder"), names), b""
+        if op == "tombstones":
+            keys = header.get("keys")
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise ProtocolError("tombstones needs keys")
+            return {k: [e.folder, e.subdir, sorted(e.flags)]
+                    for k, e in replica.tombstones(keys).items()}, b""
+        if op == "add_tombstones":
+            replica.add_tombstones(_tomb_items(header.get("items")))
+            return True, b""
         if op == "create_folder":
             replica.create_folder(_text(header, "folder"))
             return True, b""
