@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from mailmirror.maildir.folders import FS, MAILDIRPP
 from mailmirror.replica.base import OK, Delivery, Outcome, Ref, Rename, Replica, Result
 from mailmirror.replica.local import ID_FILE, open_local
 from mailmirror.replica.sftp import open_sftp
+from mailmirror.sync.model import Entry
 from mailmirror.transport.loop import LoopThread
 from tests.conftest import require
 from tests.ssh.sshrig import running_rig, sftp_client
@@ -140,8 +142,6 @@ class TestReplicaContract:
         assert files_under(root) == {ID_FILE}  # no temp file left behind
 
     def test_clock_is_the_replicas_wall_clock(self, opener: Opener, root: Path) -> None:
-        import time
-
         clock = opener(root).clock_ns()
         assert abs(clock - time.time_ns()) < 3_000_000_000  # same machine; SFTP has 1 s ticks
         assert files_under(root) == set()
@@ -368,6 +368,18 @@ class TestReplicaContract:
         replica.create_folder("Work")
         assert replica.add_keywords("Work", ["$Label1"]) == {"a": "$Label1"}
         assert (root / ".Work" / "dovecot-keywords").read_text() == "0 $Label1\n"
+
+    # -- tombstones -----------------------------------------------------------------------
+    def test_tombstones_are_remembered_across_opens(self, opener: Opener, root: Path) -> None:
+        replica = opener(root)
+        assert replica.tombstones(["k1"]) == {}
+        replica.add_tombstones([("k1", Entry("INBOX", "cur", frozenset({"S"})))])
+        replica.add_tombstones([("k2", Entry("Work", "new"))])
+        again = opener(root)
+        assert again.tombstones(["k1", "k2", "k3"]) == {
+            "k1": Entry("INBOX", "cur", frozenset({"S"})), "k2": Entry("Work", "new")}
+        opener(root, readonly=True).add_tombstones([("k3", Entry("INBOX", "new"))])
+        assert again.tombstones(["k3"]) == {}
 
     # -- other separators -----------------------------------------------------------------
     def test_separator_is_kept(self, opener: Opener, root: Path) -> None:

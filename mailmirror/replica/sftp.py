@@ -25,8 +25,15 @@ from mailmirror.maildir import keywords as kw
 from mailmirror.maildir.folders import FS, INBOX, MAILDIRPP, SUBDIRS, InvalidFolder, check_folder
 from mailmirror.maildir.folders import folder_dir as _folder_dir
 from mailmirror.maildir.names import check_name
+from mailmirror.maildir.tombstones import (
+    RETENTION_SECONDS,
+    TOMBSTONES_FILE,
+    format_tombstone,
+    parse_tombstones,
+)
 from mailmirror.replica.base import OK, Delivery, Outcome, Ref, Rename, Result, Stamp
-from mailmirror.replica.local import ID_FILE, MAX_MESSAGE
+from mailmirror.replica.local import ID_FILE, MAX_MESSAGE, TOMBSTONE_REWRITE_BYTES
+from mailmirror.sync.model import Entry
 from mailmirror.transport.loop import run_on
 
 T = TypeVar("T")
@@ -100,6 +107,16 @@ class SftpReplica:
 
     def add_keywords(self, folder: str, names: Iterable[str]) -> dict[str, str]:
         return self._run(self._add_keywords(self._dir(folder), set(names)))
+
+    def tombstones(self, keys: Sequence[str]) -> dict[str, Entry]:
+        if not keys:
+            return {}
+        found = self._run(self._read_tombstones())
+        return {k: Entry(found[k][1], found[k][2], found[k][3]) for k in keys if k in found}
+
+    def add_tombstones(self, items: Sequence[tuple[str, Entry]]) -> None:
+        if items and not self.readonly:
+            self._run(self._add_tombstones(items))
 
     def create_folder(self, folder: str) -> None:
         self._run(self._create_folder(folder))
@@ -410,6 +427,36 @@ class SftpReplica:
         if self._offset_s is None:
             await self._remote_clock_ns()
         return time.time() + cast(float, self._offset_s)
+
+    # -- tombstones (see maildir/tombstones.py) -----------------------------------------
+    async def _read_tombstones(self) -> dict[str, tuple[int, str, str, frozenset[str]]]:
+        try:
+            async with await self.sftp.open(_b(self.root / TOMBSTONES_FILE), "rb",
+                                            encoding=None) as handle:
+                data = await handle.read()
+        except asyncssh.SFTPNoSuchFile:
+            return {}
+        return parse_tombstones(data.decode("utf-8", "replace"))
+
+    async def _add_tombstones(self, items: Sequence[tuple[str, Entry]]) -> None:
+        """Append durably (the server opens with O_APPEND, so concurrent writers interleave
+        whole writes); past TOMBSTONE_REWRITE_BYTES, rewrite without expired lines."""
+        now = int(await self._remote_now())
+        lines = "".join(format_tombstone(now, key, e.folder, e.subdir, e.flags)
+                        for key, e in items).encode()
+        path = _b(self.root / TOMBSTONES_FILE)
+        async with await self.sftp.open(path, "ab", _MODE_FILE, encoding=None) as handle:
+            await handle.write(lines)
+            await handle.fsync()
+            size = (await handle.stat()).size or 0
+        if size <= TOMBSTONE_REWRITE_BYTES:
+            return
+        kept = {k: v for k, v in (await self._read_tombstones()).items()
+                if v[0] > now - RETENTION_SECONDS}
+        tmp = _b(self.root / "tmp" / f"{TOMBSTONES_FILE}.{secrets.token_hex(8)}{TMP_SUFFIX}")
+        await self._write_new(tmp, "".join(format_tombstone(v[0], k, v[1], v[2], v[3])
+                                           for k, v in kept.items()).encode())
+        await self.sftp.posix_rename(tmp, path)  # replacing is the point here
 
     # -- messages ------------------------------------------------------------------------
     async def _size(self, ref: Ref) -> int | None:
