@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from mailmirror.errors import ReplicaError
@@ -22,6 +23,7 @@ from mailmirror.replica.sftp import SftpReplica, open_sftp
 from mailmirror.store import open_store
 from mailmirror.sync.engine import SyncOptions, sync
 from mailmirror.sync.state import SyncState
+from mailmirror.transport.loop import LoopThread
 from tests.ssh.sshrig import SshRig, sftp_client
 from tests.test_engine import backdate, snapshot
 
@@ -29,7 +31,7 @@ FOLDERS = ["INBOX", "Work", "Lists/Deb"]
 
 
 @pytest.fixture
-def link(ssh_rig: SshRig) -> Iterator[tuple[object, object]]:
+def link(ssh_rig: SshRig) -> Iterator[tuple[LoopThread, asyncssh.SFTPClient]]:
     with sftp_client(ssh_rig) as pair:
         yield pair
 
@@ -53,7 +55,8 @@ def converge(a: Path, b: Path, replica_b: SftpReplica, state: SyncState) -> dict
     return dict(report.counts)
 
 
-def test_thousands_of_messages_both_ways_then_edits(link, tmp_path: Path) -> None:
+def test_thousands_of_messages_both_ways_then_edits(
+        link: tuple[LoopThread, asyncssh.SFTPClient], tmp_path: Path) -> None:
     loop, sftp = link
     a, b = tmp_path / "local", tmp_path / "remote"
     fill(a, 2400, "laptop")
@@ -111,3 +114,13 @@ def test_dropped_connection_leaves_no_partial_file(ssh_rig: SshRig, tmp_path: Pa
         assert data == snapshot(a)[name][3]  # every published file is complete
     with sftp_client(ssh_rig) as (loop, sftp):
         converge(a, b, open_sftp(sftp, loop.loop, str(b)), state)
+
+
+def test_a_lost_session_is_a_replica_error(ssh_rig: SshRig, tmp_path: Path) -> None:
+    with sftp_client(ssh_rig) as (loop, sftp):
+        remote = open_sftp(sftp, loop.loop, str(tmp_path / "remote"))
+        [server_pid] = ssh_rig.servers["a"].descendants("sftp-server")
+        os.kill(server_pid, signal.SIGKILL)
+        for call in (remote.stamps, lambda: remote.list(["INBOX"]), lambda: remote.id):
+            with pytest.raises(ReplicaError, match="connection lost"):
+                call()
