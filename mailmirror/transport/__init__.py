@@ -1,0 +1,1 @@
+"""Transports to remote replicas: SSH connections, the agent protocol, the event loop thread."""
