@@ -76,6 +76,9 @@ def sync(
     = "mailmirror agent",
     remote: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--remote", help="With a profile: use this remote (host or address) only.")] = None,
+    sftp: Annotated[bool, typer.Option(
+        "--sftp", help="Reach remotes over SFTP even if mailmirror is installed there.")]
+    = False,
     state: StateOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -98,7 +101,7 @@ def sync(
     try:
         from mailmirror.transport.options import SshOptions
 
-        ssh = SshOptions(ssh_config, identity, known_hosts, remote_command)
+        ssh = SshOptions(ssh_config, identity, known_hosts, remote_command, sftp=sftp)
         code = _sync(a, b, dry_run, prefer, full, allow_empty, layout, separator, lock_timeout,
                      state, config, json_out, ssh, remote)
     except (MailmirrorError, OSError) as exc:

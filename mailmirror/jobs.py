@@ -99,9 +99,18 @@ class Runner:
         parsed = parse_address(address)
         if isinstance(parsed, str):
             return open_local(parsed, s.layout, s.separator, readonly=readonly)
+        from mailmirror.transport.ssh import AgentMissing
+
         session = self._session(parsed)
-        replica = session.open_agent(parsed.path, s.layout, s.separator, readonly,
-                                     command=command)
+        if s.ssh.sftp:
+            return session.open_sftp(parsed.path, s.layout, s.separator, readonly)
+        try:
+            replica = session.open_agent(parsed.path, s.layout, s.separator, readonly,
+                                         command=command)
+        except AgentMissing as exc:
+            self.notice(f"{exc.args[0].split(':')[0]}: no mailmirror agent there, using SFTP "
+                        "(slower; install mailmirror on the remote for speed)")
+            return session.open_sftp(parsed.path, s.layout, s.separator, readonly)
         self.stack.callback(replica.close)
         return replica
 

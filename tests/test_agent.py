@@ -62,7 +62,9 @@ FAKE = textwrap.dedent("""
         req = json.loads(inp.read(hl)); inp.read(dl)
         op = req["op"]
         if op == "hello":
-            send({"id": req["id"], "ok": True, "result": {"version": 1, "id": "evil-replica"}})
+            send({"id": req["id"], "ok": True, "result": {"version": 1}})
+        elif op == "id":
+            send({"id": req["id"], "ok": True, "result": "evil-replica"})
         elif op == "clock":
             send({"id": req["id"], "ok": True, "result": 0})
         elif op == "stamps":
@@ -76,15 +78,16 @@ FAKE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("stamps,names", [
-    ({"INBOX": [1, 1], "../../etc": [1, 1]}, []),
-    ({"INBOX": [1, 1]}, ["cur/../../../evil:2,S"]),
-    ({"INBOX": [1, 1]}, ["cur/a/b"]),
-    ({"INBOX": [1, 1]}, ["cur/nul\u0000byte"]),
-    ({"INBOX": [1, 1]}, ["tmp/x"]),
-    ({"INBOX": [1, 1]}, ["cur/1.M1P1.x,S=5:2,S"]),  # then a read with a huge announced size
+@pytest.mark.parametrize("stamps,names,complaint", [
+    ({"INBOX": [1, 1], "../../etc": [1, 1]}, [], "folder name"),
+    ({"INBOX": [1, 1]}, ["cur/../../../evil:2,S"], "message name"),
+    ({"INBOX": [1, 1]}, ["cur/a/b"], "message name"),
+    ({"INBOX": [1, 1]}, ["cur/nul\u0000byte"], "message name"),
+    ({"INBOX": [1, 1]}, ["tmp/x"], "message name"),
+    ({"INBOX": [1, 1]}, ["cur/1.M1P1.x,S=5:2,S"], "read reply"),  # huge announced size
 ])
-def test_hostile_agent_is_refused_and_nothing_is_written_outside(tmp_path, stamps, names):
+def test_hostile_agent_is_refused_and_nothing_is_written_outside(tmp_path, stamps, names,
+                                                                 complaint):
     script = tmp_path / "fake_agent.py"
     script.write_text(f"STAMPS = {stamps!r}\nNAMES = {names!r}\n" + FAKE)
     a = tmp_path / "a"
@@ -92,7 +95,7 @@ def test_hostile_agent_is_refused_and_nothing_is_written_outside(tmp_path, stamp
     before = sorted(p for p in tmp_path.rglob("*"))
     remote = AgentReplica(PipeChannel([sys.executable, str(script)]), "fake")
     state = SyncState(open_store(tmp_path / "s.db"))
-    with pytest.raises(ReplicaError, match="invalid"):
+    with pytest.raises(ReplicaError, match=f"invalid {complaint}"):
         sync(open_local(a), remote, state, SyncOptions())
     remote.channel.close()
     after = sorted(p for p in tmp_path.rglob("*") if not p.name.startswith(("s.db", "mailmirror")))

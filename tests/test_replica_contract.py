@@ -8,6 +8,7 @@ through a real OpenSSH sshd on 127.0.0.1 (tests/ssh/sshrig.py), started once for
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from mailmirror.errors import ReplicaError
 from mailmirror.maildir.folders import FS, MAILDIRPP
 from mailmirror.replica.base import OK, Delivery, Outcome, Ref, Rename, Replica, Result
 from mailmirror.replica.local import ID_FILE, open_local
+from mailmirror.replica.remote import AgentReplica, PipeChannel
 from mailmirror.replica.sftp import open_sftp
 from mailmirror.sync.model import Entry
 from mailmirror.transport.loop import LoopThread
@@ -57,11 +59,22 @@ def _sftp(request: pytest.FixtureRequest) -> Opener:
     return opener
 
 
-# Every replica kind, by name: a function from the pytest request to an opener. The agent
-# replica (mailmirror agent over ssh) gets its entry here.
+def _agent(request: pytest.FixtureRequest) -> Opener:
+    """`mailmirror agent` as a local process: the same code path as over ssh, minus ssh."""
+
+    def opener(root: Path, layout: str = MAILDIRPP, sep: str = ":",
+               readonly: bool = False) -> Replica:
+        channel = PipeChannel([sys.executable, "-m", "mailmirror", "agent", str(root)])
+        return AgentReplica(channel, f"agent:{root}", layout, sep, readonly)
+
+    return opener
+
+
+# Every replica kind, by name: a function from the pytest request to an opener.
 REPLICA_FACTORIES: dict[str, Callable[[pytest.FixtureRequest], Opener]] = {
     "local": _local,
     "sftp": _sftp,
+    "agent": _agent,
 }
 
 

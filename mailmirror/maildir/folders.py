@@ -7,7 +7,10 @@ Also owns creating a folder the way an MDA does and validating names from untrus
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import TypeVar
+
+P = TypeVar("P", bound=PurePath)
 
 INBOX = "INBOX"
 MAILDIRPP = "maildir++"
@@ -36,7 +39,7 @@ def check_folder(folder: str, layout: str = MAILDIRPP) -> None:
         raise InvalidFolder(f"folder name {folder!r} collides with a maildir subdirectory")
 
 
-def folder_dir(root: Path, folder: str, layout: str = MAILDIRPP) -> Path:
+def folder_dir(root: P, folder: str, layout: str = MAILDIRPP) -> P:
     """The directory holding cur/ new/ tmp/ of `folder`."""
     if folder == INBOX:
         return root

@@ -31,6 +31,16 @@ def format_keywords(mapping: dict[str, str]) -> str:
     return "".join(f"{ord(letter) - ord('a')} {name}\n" for letter, name in sorted(mapping.items()))
 
 
+def assign_letters(mapping: dict[str, str], names: set[str]) -> dict[str, str]:
+    """The map with each missing name given the first free letter, as Dovecot does.
+
+    Names left without a letter (26 in use) stay out; the caller reports them.
+    """
+    missing = sorted(names - set(mapping.values()))
+    free = [chr(ord("a") + i) for i in range(MAX_KEYWORDS) if chr(ord("a") + i) not in mapping]
+    return {**mapping, **dict(zip(free, missing, strict=False))}
+
+
 def read_keywords(folder_dir: Path) -> dict[str, str]:
     try:
         return parse_keywords((folder_dir / KEYWORDS_FILE).read_text("utf-8", "replace"))
@@ -48,12 +58,9 @@ def add_keywords(folder_dir: Path, names: set[str]) -> dict[str, str]:
     published = False
     try:
         mapping = read_keywords(folder_dir)
-        missing = sorted(names - set(mapping.values()))
-        free = [chr(ord("a") + i) for i in range(MAX_KEYWORDS) if chr(ord("a") + i) not in mapping]
-        if not missing:
+        if names <= set(mapping.values()):
             return mapping
-        for letter, name in zip(free, missing, strict=False):
-            mapping[letter] = name
+        mapping = assign_letters(mapping, names)
         os.write(fd, format_keywords(mapping).encode())
         os.fsync(fd)
         os.rename(lock, folder_dir / KEYWORDS_FILE)

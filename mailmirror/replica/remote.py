@@ -54,11 +54,18 @@ class AgentReplica:
             raise ReplicaError(f"{label}: the agent speaks protocol version "
                                f"{hello.get('version') if isinstance(hello, dict) else '?'}, "
                                f"this client {VERSION}: install the same mailmirror version there")
-        rid = hello.get("id")
-        if not isinstance(rid, str) or not 0 < len(rid) <= 100 or not rid.isprintable():
-            raise ReplicaError(f"{label}: the agent sent an invalid replica id")
-        self.id: str = rid
         self.remote_root = str(hello.get("label", ""))
+        self._id: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The replica id; the agent creates the id file on first use, as LocalReplica does."""
+        if self._id is None:
+            rid = self._call("id")
+            if not isinstance(rid, str) or not 0 < len(rid) <= 100 or not rid.isprintable():
+                raise ReplicaError(f"{self.label}: the agent sent an invalid replica id")
+            self._id = rid
+        return self._id
 
     # -- plumbing ------------------------------------------------------------------------
     def _exchange(self, op: str, data: bytes = b"", **fields: object) -> tuple[object, bytes]:
@@ -79,7 +86,10 @@ class AgentReplica:
                                "maildir?")
         header = frame.header
         if not header.get("ok"):
-            raise ReplicaError(f"{self.label}: {header.get('error', 'agent error')}")
+            message = f"{self.label}: {header.get('error', 'agent error')}"
+            if header.get("kind") == "value":
+                raise ValueError(message)  # a refused name or folder, as LocalReplica raises
+            raise ReplicaError(message)
         if header.get("id") != rid:
             raise ReplicaError(f"{self.label}: the agent answered out of order")
         return header.get("result"), frame.data

@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Coroutine, Iterable, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, TypeVar, cast
 
 import asyncssh
@@ -173,7 +173,7 @@ class SftpReplica:
 
     def _dir(self, folder: str) -> PurePosixPath:
         # folder_dir only joins (it touches no disk): give it our POSIX path as a Path
-        return cast(PurePosixPath, _folder_dir(cast(Path, self.root), folder, self.layout))
+        return _folder_dir(self.root, folder, self.layout)
 
     def _path(self, ref: Ref) -> bytes:
         sub, _, name = ref.relname.partition("/")
@@ -381,12 +381,9 @@ class SftpReplica:
         published = False
         try:
             mapping = await self._keywords(path)
-            missing = sorted(names - set(mapping.values()))
-            if not missing:
+            if names <= set(mapping.values()):
                 return mapping
-            free = [chr(ord("a") + i) for i in range(kw.MAX_KEYWORDS)
-                    if chr(ord("a") + i) not in mapping]
-            mapping.update(zip(free, missing, strict=False))
+            mapping = kw.assign_letters(mapping, names)
             await handle.write(kw.format_keywords(mapping).encode(), 0)
             await handle.fsync()
             await handle.close()

@@ -87,6 +87,8 @@ class Agent:
         replica = self.replica
         if replica is None:
             raise ProtocolError("the first request must be hello")
+        if op == "id":
+            return replica.id, b""
         if op == "clock":
             return replica.clock_ns(), b""
         if op == "stamps":
@@ -145,7 +147,7 @@ class Agent:
         readonly = bool(header.get("readonly"))
         self.replica = open_local(self.root, str(header.get("layout", "maildir++")),
                                   str(header.get("sep", ":")), readonly=readonly)
-        return {"version": VERSION, "id": self.replica.id, "label": str(self.replica.root),
+        return {"version": VERSION, "label": str(self.replica.root),
                 "clock_ns": self.replica.clock_ns(), "software": f"mailmirror {__version__}"}
 
     def _read(self, replica: LocalReplica, refs: list[Ref]) -> tuple[object, bytes]:
@@ -185,6 +187,7 @@ def serve(root: str, stdin: BinaryIO, stdout: BinaryIO) -> int:
             return 2
         except (MailmirrorError, OSError, ValueError) as exc:
             _send(stdout, {"id": rid, "ok": False, "error": str(exc),
+                           "kind": "value" if isinstance(exc, ValueError) else "replica",
                            "fatal": isinstance(exc, MailmirrorError)})
 
 

@@ -17,3 +17,4 @@ class SshOptions:
     connect_timeout: float = 15.0
     io_timeout: float = 300.0
     keepalive: float = 15.0
+    sftp: bool = False  # always use SFTP, even where the agent is installed

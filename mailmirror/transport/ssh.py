@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import shlex
 import socket
-import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -19,32 +18,16 @@ import asyncssh
 
 from mailmirror.errors import ReplicaError
 from mailmirror.replica.remote import AgentReplica
+from mailmirror.replica.sftp import SftpReplica, open_sftp
 from mailmirror.transport.address import Remote
+from mailmirror.transport.loop import LoopThread
 from mailmirror.transport.options import SshOptions
 
 T = TypeVar("T")
 
 
-class _Loop:
-    """An asyncio loop in a daemon thread; run() waits for a coroutine with a timeout."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
-                                       name="mailmirror-ssh")
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
+class AgentMissing(ReplicaError):
+    """The remote has no `mailmirror agent` at the configured command: SFTP can stand in."""
 
 
 class SshChannel:
@@ -90,7 +73,7 @@ class SshChannel:
         status = self.process.exit_status
         first = err.splitlines()[0] if err else ""
         if status == 127:
-            raise ReplicaError(
+            raise AgentMissing(
                 f"{self.session.host}: `{self.command}` was not found on the remote: install "
                 "mailmirror there, or point --remote-command at it (or use --sftp)")
         if status not in (None, 0) or first:
@@ -112,11 +95,12 @@ class SshSession:
         self.remote = remote
         self.host = remote.host
         self.options = options
-        self._loop = _Loop()
+        self._loop = LoopThread("mailmirror-ssh")
+        self._sftp: asyncssh.SFTPClient | None = None
         try:
             self.conn = self.run(self._connect(), options.connect_timeout + 5)
         except BaseException:
-            self._loop.stop()
+            self._loop.close()
             raise
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
@@ -183,10 +167,23 @@ class SshSession:
         label = self.remote.label() if self.remote.path == path else f"{self.host}:{path}"
         return AgentReplica(channel, label, layout, sep, readonly)
 
+    def open_sftp(self, path: str, layout: str, sep: str, readonly: bool) -> SftpReplica:
+        """The same maildir over SFTP: for remotes without mailmirror, or with --sftp."""
+        if self._sftp is None:
+            async def start() -> asyncssh.SFTPClient:
+                return await self.conn.start_sftp_client()
+
+            self._sftp = self.run(start(), self.options.connect_timeout)
+        label = self.remote.label() if self.remote.path == path else f"{self.host}:{path}"
+        return open_sftp(self._sftp, self._loop.loop, path, layout, sep, readonly,
+                         f"{label} (sftp)")
+
     def close(self) -> None:
         try:
+            if self._sftp is not None:
+                self._sftp.exit()
             self.conn.close()
             self._loop.run(self.conn.wait_closed(), 5)
         except (TimeoutError, OSError, asyncssh.Error):
             pass
-        self._loop.stop()
+        self._loop.close()
