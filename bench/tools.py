@@ -104,9 +104,6 @@ class Mailmirror(Tool):
     def __init__(self, exe: str) -> None:
         self.exe = exe
 
-    def argv0(self) -> str:
-        return self.exe
-
     def check_ready(self) -> str | None:
         if not shutil.which(self.exe):
             return f"{self.exe} not found (run `bash scripts/setup --test`)"
