@@ -11,7 +11,16 @@ With anchors.md's separate INDEX=/CONTROL= directories, `dovecot-keywords` and
 `dovecot-uidlist` would live outside the tree, so neither the keyword translation nor the
 "Dovecot files are never copied" rule could be observed.
 
-No doveadm: skip, except under CI=true, where a missing component must fail the run.
+Every scenario runs over three transports (the `pair` fixture is parametrized): B as a local
+path, B reached over SSH through `mailmirror agent`, and B reached over SFTP (`--sftp`). Both SSH
+transports go through a real OpenSSH sshd on 127.0.0.1 (tests/ssh/sshrig.py, one per session)
+and log in as the same unprivileged user, so the remote side writes B's files as the user
+doveadm runs as. For that login the user needs a shell and an unlocked account (sshd refuses
+a `!` password field even for keys), and the rig's files live in the session workspace, which
+that user can traverse.
+
+No doveadm (or, for the SSH transports, no sshd): skip, except under CI=true, where a missing
+component must fail the run.
 """
 
 from __future__ import annotations
@@ -32,6 +41,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require
+from tests.ssh.sshrig import ALIAS, SshRig, running_rig
+
 MAILMIRROR = str(Path(sys.executable).with_name("mailmirror"))
 TEST_USER = "mmtest"
 INBOX = "INBOX"
@@ -39,6 +51,8 @@ SYSTEM_FLAGS = {"\\Seen": "S", "\\Answered": "R", "\\Flagged": "F", "\\Deleted":
                 "\\Draft": "D"}
 DOVECOT_FILE_PREFIXES = ("dovecot-uidlist", "dovecot.index", "dovecot.list.index",
                          "dovecot-uidvalidity")
+TRANSPORTS = ("local", "agent", "sftp")
+AGENT_COMMAND = f"{MAILMIRROR} agent"
 
 
 def _missing(what: str) -> None:
@@ -85,11 +99,36 @@ def user() -> User:
     try:
         entry = pwd.getpwnam(TEST_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh",
                         TEST_USER], check=True, capture_output=True)
         entry = pwd.getpwnam(TEST_USER)
+    _allow_ssh_login(entry)
     prefix = ("setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups")
     return User(entry.pw_name, entry.pw_uid, entry.pw_gid, prefix)
+
+
+def _allow_ssh_login(entry: pwd.struct_passwd) -> None:
+    """sshd runs remote commands with the user's shell and refuses locked accounts (a `!`
+    password field), even for key logins: give the test user a shell and a `*` password
+    (no password can match it, but the account is not locked)."""
+    if os.path.basename(entry.pw_shell) in ("nologin", "false", ""):
+        subprocess.run(["usermod", "--shell", "/bin/sh", entry.pw_name], check=True,
+                       capture_output=True)
+    if _password_field(entry.pw_name).startswith("!"):
+        subprocess.run(["usermod", "--password", "*", entry.pw_name], check=True,
+                       capture_output=True)
+
+
+def _password_field(name: str) -> str:
+    try:
+        lines = Path("/etc/shadow").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        fields = line.split(":")
+        if fields[0] == name and len(fields) > 1:
+            return fields[1]
+    return ""
 
 
 @pytest.fixture(scope="session")
@@ -265,7 +304,8 @@ def _preload() -> None:
 
     for name in ("mailmirror.paths", "mailmirror.config", "mailmirror.report",
                  "mailmirror.store", "mailmirror.replica.local", "mailmirror.sync.engine",
-                 "mailmirror.sync.lock", "mailmirror.sync.state"):
+                 "mailmirror.sync.lock", "mailmirror.sync.state", "mailmirror.jobs",
+                 "mailmirror.transport.ssh"):
         try:
             importlib.import_module(name)
         except ImportError:
@@ -468,21 +508,58 @@ def tree_listing(root: Path) -> dict[str, tuple[int, str]]:
 
 
 class Pair:
-    """Replicas A and B, a state database, and the mailmirror command between them."""
+    """Replicas A and B, a state database, and the mailmirror command between them.
 
-    def __init__(self, scratch: Path, user: User, doveadm: str, cli: Cli) -> None:
+    `transport` says how the command reaches B: "local" (a path), "agent" (B as
+    ssh://USER@mailhost/PATH, served by `mailmirror agent` started over SSH) or "sftp" (B as
+    USER@mailhost:PATH with --sftp). B is on this machine in every case, so the scenarios
+    read and change its files directly.
+    """
+
+    def __init__(self, scratch: Path, user: User, doveadm: str, cli: Cli,
+                 transport: str = "local", rig: SshRig | None = None) -> None:
         self.scratch = scratch
         self.a = Replica("A", scratch, user, doveadm)
         self.b = Replica("B", scratch, user, doveadm)
         self.state = scratch / "state.db"
         self.cli = cli
+        self.transport = transport
+        self.rig = rig
+
+    def b_address(self) -> str:
+        if self.transport == "agent":
+            return f"ssh://{self.b.user.name}@{ALIAS}{self.b.root}"
+        if self.transport == "sftp":
+            return f"{self.b.user.name}@{ALIAS}:{self.b.root}"
+        return str(self.b.root)
+
+    def transport_args(self) -> list[str]:
+        if self.transport == "local":
+            return []
+        assert self.rig is not None
+        args = ["--ssh-config", str(self.rig.ssh_config), "--identity", str(self.rig.user_key),
+                "--known-hosts", str(self.rig.known_hosts), "--remote-command", AGENT_COMMAND]
+        return args + (["--sftp"] if self.transport == "sftp" else [])
 
     def sync(self, *extra: str, expect_rc: int | None = 0) -> Run:
-        run = self.cli.run("sync", str(self.a.root), str(self.b.root), "--state",
-                           str(self.state), "--json", *extra)
+        run = self.cli.run("sync", str(self.a.root), self.b_address(), "--state",
+                           str(self.state), "--json", *self.transport_args(), *extra)
         assert expect_rc is None or run.rc == expect_rc, (run.rc, run.stdout, run.stderr)
         assert "Traceback" not in run.stderr, run.stderr
+        if run.rc in (0, 1):
+            self._check_transport(run)
         return run
+
+    def _check_transport(self, run: Run) -> None:
+        """B was really reached the way the parameter says (no silent fallback)."""
+        label = run.json["b"]
+        if self.transport == "local":
+            assert label == str(self.b.root) or ALIAS not in label, label
+        elif self.transport == "agent":
+            assert ALIAS in label and "sftp" not in label, (label, run.stderr)
+            assert "using SFTP" not in run.stderr, run.stderr
+        else:
+            assert ALIAS in label and label.endswith("(sftp)"), label
 
     def assert_in_sync(self) -> None:
         """Both trees hold the same messages, folders, flags and contents, and no duplicate."""
@@ -504,9 +581,22 @@ class Pair:
         assert real.json["conflicts"] == [] and real.json["skipped"] == []
 
 
-@pytest.fixture
-def pair(scratch: Path, user: User, doveadm: str, cli: Cli) -> Pair:
-    return Pair(scratch, user, doveadm, cli)
+@pytest.fixture(scope="session")
+def e2e_rig(workspace: Path, user: User) -> Iterator[SshRig]:
+    """One sshd for the session's SSH transports, its files where the test user can read
+    them (the private key is given to that user: the client runs as it)."""
+    with running_rig(workspace / "ssh", require("sshd")) as rig:
+        if os.geteuid() == 0:
+            os.chown(rig.user_key, user.uid, user.gid)
+        yield rig
+
+
+@pytest.fixture(params=TRANSPORTS)
+def pair(request: pytest.FixtureRequest, scratch: Path, user: User, doveadm: str,
+         cli: Cli) -> Pair:
+    transport = request.param
+    rig = request.getfixturevalue("e2e_rig") if transport != "local" else None
+    return Pair(scratch, user, doveadm, cli, transport, rig)
 
 
 def letters(flags: frozenset[str]) -> str:

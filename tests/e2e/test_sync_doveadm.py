@@ -1,5 +1,8 @@
 """Two maildirs changed by Dovecot (doveadm), synced by `mailmirror sync`, checked by Python's
-mailbox module and by doveadm on the other side. Scenarios: issue 2, Acceptance."""
+mailbox module and by doveadm on the other side. Scenarios: issue 2, Acceptance.
+
+Each scenario runs three times (conftest's `pair` fixture): B as a local path, B over SSH
+through `mailmirror agent`, and B over SFTP, through a real sshd (issue 3, Acceptance)."""
 
 from __future__ import annotations
 
