@@ -20,7 +20,16 @@ import pytest
 
 from mailmirror.errors import ReplicaError
 from mailmirror.maildir.folders import FS, MAILDIRPP
-from mailmirror.replica.base import OK, Delivery, Outcome, Ref, Rename, Replica, Result
+from mailmirror.replica.base import (
+    OK,
+    Delivery,
+    Message,
+    Outcome,
+    Ref,
+    Rename,
+    Replica,
+    Result,
+)
 from mailmirror.replica.local import ID_FILE, open_local
 from mailmirror.replica.remote import AgentReplica, PipeChannel
 from mailmirror.replica.sftp import open_sftp
@@ -248,11 +257,21 @@ class TestReplicaContract:
         (root / "cur" / "link").symlink_to(root.parent / "secret")
         refs = [Ref("INBOX", r) for r in (f"cur/{MSG}:2,S", "cur/empty", "cur/gone",
                                           "cur/fifo", "cur/link", "cur/../../secret")]
+        os.utime(root / "cur" / f"{MSG}:2,S", ns=(1_500_000_000 * 10**9,) * 2)
         got = replica.read(refs)  # the FIFO must neither block nor be read
-        assert got[:3] == [b"body\r\n" * 1000, b"", Result(Outcome.GONE)]
+        assert [m.data for m in got[:2] if isinstance(m, Message)] == [b"body\r\n" * 1000, b""]
+        assert isinstance(got[0], Message) and got[0].mtime_ns == 1_500_000_000 * 10**9
+        assert got[2] == Result(Outcome.GONE)
         assert all(isinstance(r, Result) and r.outcome is Outcome.FAILED for r in got[3:])
 
     # -- deliver --------------------------------------------------------------------------
+    def test_deliver_keeps_the_mtime(self, opener: Opener, root: Path) -> None:
+        """Dovecot shows a message's file mtime as its received date: a copy keeps it."""
+        replica = opener(root)
+        when = 1_400_000_000 * 10**9
+        assert replica.deliver([Delivery(Ref("INBOX", f"cur/{MSG}:2,S"), b"old", when)]) == [OK]
+        assert (root / "cur" / f"{MSG}:2,S").stat().st_mtime_ns == when
+
     def test_deliver_publishes_into_cur_and_new(self, opener: Opener, root: Path) -> None:
         replica = opener(root)
         replica.create_folder("Work")

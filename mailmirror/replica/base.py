@@ -64,9 +64,18 @@ class Rename:
 
 
 @dataclass(frozen=True, slots=True)
+class Message:
+    """A message's content and its file mtime: Dovecot takes the mtime as the received date."""
+
+    data: bytes
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     target: Ref
     data: bytes
+    mtime_ns: int | None = None  # kept on the copy when given
 
 
 class Replica(Protocol):
@@ -116,12 +125,13 @@ class Replica(Protocol):
         """Remove a folder that holds no message any more; False (and untouched) otherwise."""
         ...
 
-    def read(self, refs: Sequence[Ref]) -> list[bytes | Result]:
-        """Message contents, or a Result saying why one could not be read."""
+    def read(self, refs: Sequence[Ref]) -> list[Message | Result]:
+        """Message contents with their mtimes, or a Result saying why one could not be read."""
         ...
 
     def deliver(self, items: Sequence[Delivery]) -> list[Result]:
-        """Write each message to tmp/, make the batch durable, then publish without clobbering."""
+        """Write each message to tmp/ (with its mtime), make the batch durable, then publish
+        without clobbering."""
         ...
 
     def rename(self, items: Sequence[Rename]) -> list[Result]:

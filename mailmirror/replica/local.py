@@ -38,6 +38,7 @@ from mailmirror.maildir.tombstones import (
 from mailmirror.replica.base import (
     OK,
     Delivery,
+    Message,
     Outcome,
     Ref,
     Rename,
@@ -67,6 +68,8 @@ class LocalReplica:
         self._host = socket.gethostname().replace("/", "_").replace(":", "_")
         self._counter = itertools.count()
         self._cleaned: set[str] = set()
+        self._dirs: dict[str, str] = {}
+        self._modes: dict[str, int] = {}
 
     @property
     def id(self) -> str:
@@ -176,8 +179,8 @@ class LocalReplica:
             return False
         return True
 
-    def read(self, refs: Sequence[Ref]) -> list[bytes | Result]:
-        out: list[bytes | Result] = []
+    def read(self, refs: Sequence[Ref]) -> list[Message | Result]:
+        out: list[Message | Result] = []
         for ref in refs:
             try:
                 out.append(self._read_one(self._path(ref)))
@@ -187,7 +190,7 @@ class LocalReplica:
                 out.append(Result(Outcome.FAILED, f"cannot read {ref.folder}/{ref.relname}: {exc}"))
         return out
 
-    def _read_one(self, path: str) -> bytes:
+    def _read_one(self, path: str) -> Message:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             st = os.fstat(fd)
@@ -198,7 +201,7 @@ class LocalReplica:
             chunks = []
             while chunk := os.read(fd, 1 << 20):
                 chunks.append(chunk)
-            return b"".join(chunks)
+            return Message(b"".join(chunks), st.st_mtime_ns)
         finally:
             os.close(fd)
 
@@ -209,7 +212,8 @@ class LocalReplica:
             try:
                 target = self._path(item.target)
                 tmp = self._tmp_path(item.target.folder)
-                _write_new(tmp, item.data)
+                _write_new(tmp, item.data, mode=self._file_mode(item.target.folder),
+                           mtime_ns=item.mtime_ns)
                 staged.append((i, tmp, target))
             except (OSError, ValueError) as exc:
                 results[i] = Result(Outcome.FAILED, _describe(exc, item.target))
@@ -273,15 +277,33 @@ class LocalReplica:
     def close(self) -> None:
         pass
 
+    def _dir(self, folder: str) -> str:
+        """The folder's directory, validated once per run (hot path: once per message)."""
+        path = self._dirs.get(folder)
+        if path is None:
+            path = self._dirs[folder] = str(folder_dir(self.root, folder, self.layout))
+        return path
+
+    def _file_mode(self, folder: str) -> int:
+        """New files get their folder's permissions without x bits, as Dovecot does."""
+        mode = self._modes.get(folder)
+        if mode is None:
+            try:
+                mode = os.stat(self._dir(folder)).st_mode & 0o666 or 0o600
+            except OSError:
+                mode = 0o600
+            self._modes[folder] = mode
+        return mode
+
     def _path(self, ref: Ref) -> str:
         sub, _, name = ref.relname.partition("/")
         if sub not in _SUBDIRS:
             raise ValueError(f"invalid message path {ref.relname!r}")
         check_name(name)
-        return os.path.join(folder_dir(self.root, ref.folder, self.layout), sub, name)
+        return f"{self._dir(ref.folder)}/{sub}/{name}"
 
     def _tmp_path(self, folder: str) -> str:
-        tmp_dir = os.path.join(folder_dir(self.root, folder, self.layout), "tmp")
+        tmp_dir = f"{self._dir(folder)}/tmp"
         if folder not in self._cleaned:
             self._cleaned.add(folder)
             _remove_stale_tmp(tmp_dir, self._host)
@@ -378,12 +400,15 @@ def _read_or_create_id(root: Path, readonly: bool = False) -> str:
     return new_id
 
 
-def _write_new(path: str, data: bytes, durable: bool = False) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def _write_new(path: str, data: bytes, durable: bool = False, mode: int = 0o600,
+               mtime_ns: int | None = None) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        if mtime_ns is not None:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
         if durable:
             os.fsync(fd)
     except BaseException:

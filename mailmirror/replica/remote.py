@@ -16,7 +16,7 @@ from typing import Protocol
 from mailmirror.errors import ReplicaError
 from mailmirror.maildir.folders import InvalidFolder, check_folder
 from mailmirror.maildir.names import InvalidName, check_name
-from mailmirror.replica.base import Delivery, Outcome, Ref, Rename, Result, Stamp
+from mailmirror.replica.base import Delivery, Message, Outcome, Ref, Rename, Result, Stamp
 from mailmirror.sync.model import Entry
 from mailmirror.transport.protocol import (
     VERSION,
@@ -188,19 +188,20 @@ class AgentReplica:
     def remove_folder(self, folder: str) -> bool:
         return bool(self._call("remove_folder", folder=folder))
 
-    def read(self, refs: Sequence[Ref]) -> list[bytes | Result]:
+    def read(self, refs: Sequence[Ref]) -> list[Message | Result]:
         meta, data = self._exchange("read", refs=[[r.folder, r.relname] for r in refs])
         if not isinstance(meta, list) or len(meta) != len(refs):
             raise self._bad("read reply")
-        lengths = [m for m in meta if isinstance(m, int) and not isinstance(m, bool)]
+        found = [m for m in meta if isinstance(m, list) and len(m) == 2
+                 and all(isinstance(x, int) and not isinstance(x, bool) for x in m)]
         try:
-            pieces = iter(split_data(data, lengths))
+            pieces = iter(split_data(data, [length for length, _ in found]))
         except ProtocolError:
             raise self._bad("read reply (sizes do not match the data)") from None
-        out: list[bytes | Result] = []
+        out: list[Message | Result] = []
         for item in meta:
-            if isinstance(item, int) and not isinstance(item, bool):
-                out.append(next(pieces))
+            if item in found:
+                out.append(Message(next(pieces), item[1]))
             else:
                 out.extend(self._results([item], 1))
         return out
@@ -209,7 +210,7 @@ class AgentReplica:
         raw, _ = self._exchange(
             "deliver", b"".join(i.data for i in items),
             refs=[[i.target.folder, i.target.relname] for i in items],
-            lengths=[len(i.data) for i in items])
+            lengths=[len(i.data) for i in items], mtimes=[i.mtime_ns for i in items])
         return self._results(raw, len(items))
 
     def rename(self, items: Sequence[Rename]) -> list[Result]:

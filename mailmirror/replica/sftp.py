@@ -31,7 +31,16 @@ from mailmirror.maildir.tombstones import (
     format_tombstone,
     parse_tombstones,
 )
-from mailmirror.replica.base import OK, Delivery, Outcome, Ref, Rename, Result, Stamp
+from mailmirror.replica.base import (
+    OK,
+    Delivery,
+    Message,
+    Outcome,
+    Ref,
+    Rename,
+    Result,
+    Stamp,
+)
 from mailmirror.replica.local import ID_FILE, MAX_MESSAGE, TOMBSTONE_REWRITE_BYTES
 from mailmirror.sync.model import Entry
 from mailmirror.transport.loop import run_on
@@ -126,7 +135,7 @@ class SftpReplica:
             return False
         return self._run(self._remove_folder(self._dir(folder)))
 
-    def read(self, refs: Sequence[Ref]) -> list[bytes | Result]:
+    def read(self, refs: Sequence[Ref]) -> list[Message | Result]:
         return self._run(self._gather(self._read(ref) for ref in refs))
 
     def deliver(self, items: Sequence[Delivery]) -> list[Result]:
@@ -201,11 +210,14 @@ class SftpReplica:
         except asyncssh.SFTPError as exc:
             _reraise_lost(exc)
 
-    async def _write_new(self, path: bytes, data: bytes) -> None:
+    async def _write_new(self, path: bytes, data: bytes, mtime_ns: int | None = None) -> None:
         """Create `path` (never an existing file), write, fsync; remove it again on failure."""
         handle = await self.sftp.open(path, _WRITE_NEW, _MODE_FILE, encoding=None)
         try:
             await handle.write(data, 0)
+            if mtime_ns is not None:
+                seconds = mtime_ns // 1_000_000_000
+                await handle.setstat(asyncssh.SFTPAttrs(atime=seconds, mtime=seconds))
             await handle.fsync()
         except BaseException:
             await handle.close()
@@ -465,7 +477,7 @@ class SftpReplica:
             _reraise_lost(exc)
             return None
 
-    async def _read(self, ref: Ref) -> bytes | Result:
+    async def _read(self, ref: Ref) -> Message | Result:
         try:
             path = self._path(ref)
             # lstat first: sftp-server would block on opening a FIFO and follows symlinks
@@ -479,7 +491,7 @@ class SftpReplica:
                 data = await handle.read(size, 0) if size else b""
             if len(data) != size:
                 raise ValueError("it changed while being read")
-            return data
+            return Message(data, _mtime_ns(attrs))
         except asyncssh.SFTPNoSuchFile:
             return Result(Outcome.GONE)
         except asyncssh.SFTPError as exc:
@@ -508,7 +520,7 @@ class SftpReplica:
         try:
             target = self._path(item.target)
             tmp = self._tmp_path(item.target.folder)
-            await self._write_new(tmp, item.data)
+            await self._write_new(tmp, item.data, item.mtime_ns)
         except asyncssh.SFTPOpUnsupported:
             return Result(Outcome.FAILED, "the server cannot fsync (no fsync@openssh.com): "
                           "mail would not be durable, so none is delivered"), None

@@ -48,7 +48,7 @@ class SyncOptions:
     allow_empty: bool = False
     margin_ns: int = 2_000_000_000
     batch_count: int = 1000
-    batch_bytes: int = 32 << 20
+    batch_bytes: int = 8 << 20
     progress: ProgressFn | None = None
 
 
@@ -167,7 +167,7 @@ def _tombstones(replicas: dict[Side, Replica], found: Scan) -> dict[str, Entry]:
 def _check_not_emptied(replicas: dict[Side, Replica], found: Scan) -> None:
     """Stop when a replica lists nothing at all where the base knows messages (unmounted?)."""
     for s in Side:
-        expected = sum(1 for row in found.base.values() if row.entry.folder in found.dirty[s])
+        expected = found.base_count[s]
         whole = set(found.stamps[s]) <= found.dirty[s]
         if whole and expected >= EMPTY_GUARD and found.listed_count[s] == 0:
             raise SafetyStop(
@@ -280,10 +280,8 @@ class _Executor:
             if entry is None:
                 self.ready.append((key, None))
                 continue
-            names = []
-            for s in (self.low, self.low.other):
-                relname = self.names.get((s, key)) or self.locs[(s, key)].relname
-                names.append(relname.partition("/")[2])
+            names = [self.names.get((s, key)) or self.locs[(s, key)].relname
+                     for s in (self.low, self.low.other)]
             self.ready.append((key, BaseRow(entry, (names[0], names[1]))))
 
     def _flush_base(self) -> None:
@@ -414,17 +412,18 @@ class _Executor:
         for _, action in batch:
             loc = self.locs[(source, action.key)]
             refs.append(Ref(loc.entry.folder, loc.relname))
-        datas = self.replicas[source].read(refs)
+        messages = self.replicas[source].read(refs)
         deliveries, waiting = [], []
-        for (i, action), data in zip(batch, datas, strict=True):
-            if isinstance(data, Result):
-                self._done(i, action, data)
+        for (i, action), message in zip(batch, messages, strict=True):
+            if isinstance(message, Result):
+                self._done(i, action, message)
                 continue
             relname = self._relname(target, action.key, action.entry, None)
             self.names[(target, action.key)] = relname
             self.touched.add((target, action.entry.folder))
-            deliveries.append(Delivery(Ref(action.entry.folder, relname), data))
-            waiting.append((i, action, len(data)))
+            deliveries.append(Delivery(Ref(action.entry.folder, relname), message.data,
+                                       message.mtime_ns))
+            waiting.append((i, action, len(message.data)))
         if deliveries:
             results = self.replicas[target].deliver(deliveries)
             for (i, action, nbytes), result in zip(waiting, results, strict=True):

@@ -43,6 +43,7 @@ class Scan:
     duplicates: dict[Side, list[Loc]] = field(default_factory=dict)
     invalid: list[str] = field(default_factory=list)
     listed_count: dict[Side, int] = field(default_factory=dict)
+    base_count: dict[Side, int] = field(default_factory=dict)  # base rows in dirty folders
 
 
 def side_code(side: Side, low: Side) -> str:
@@ -73,47 +74,47 @@ def scan(
             if (full or row is None or not row.trusted or row.stamp != stamps[s].get(folder)):
                 dirty[s].add(folder)
     loaded = sorted(dirty[Side.A] | dirty[Side.B])
-    base = dict(state.base_in(pair_id, loaded))
+    # names only, as C-level dicts and sets: full base rows are read for changed keys alone
+    by_name: dict[Side, dict[str, dict[str, str]]] = {Side.A: {}, Side.B: {}}
+    for folder, keys, low_names, high_names in state.base_names(pair_id, loaded):
+        names_of = {low: low_names, low.other: high_names}
+        for s in Side:
+            if folder in dirty[s]:
+                by_name[s][folder] = dict(zip(names_of[s], keys, strict=True))
 
     listing = {s: replicas[s].list(sorted(f for f in dirty[s] if f in stamps[s])) for s in Side}
-    result = Scan(stamps, clock, known, dirty, base, {Side.A: {}, Side.B: {}}, set())
-    by_name: dict[Side, dict[str, dict[str, str]]] = {Side.A: {}, Side.B: {}}
-    for key, row in base.items():
-        for s in Side:
-            if row.entry.folder in dirty[s]:
-                names = by_name[s].setdefault(row.entry.folder, {})
-                names[f"{row.entry.subdir}/{row.names[idx[s]]}"] = key
+    result = Scan(stamps, clock, known, dirty, {}, {Side.A: {}, Side.B: {}}, set())
     present: dict[Side, dict[str, set[str]]] = {Side.A: {}, Side.B: {}}
     for s in Side:
         result.listed_count[s] = 0
+        result.base_count[s] = sum(len(names) for names in by_name[s].values())
+        current = result.current[s]
         for folder in dirty[s]:
-            now = set(listing[s].get(folder, ()))
+            now = set(listing[s].pop(folder, ()))
             present[s][folder] = now
             result.listed_count[s] += len(now)
             known_names = by_name[s].get(folder, {})
-            for relname, key in known_names.items():
-                if relname not in now:
-                    result.candidates.add(key)
+            result.candidates.update(known_names[n] for n in known_names.keys() - now)
             for relname in now.difference(known_names):
                 loc = _parse(replicas[s], codec, s, folder, relname, result.invalid)
                 if loc is None:
                     continue
-                key = _key(loc)
-                if key in result.current[s]:
+                key = key_of(loc.unique)
+                if key in current:
                     result.duplicates.setdefault(s, []).append(loc)
                     continue
-                result.current[s][key] = loc
+                current[key] = loc
                 result.candidates.add(key)
-
-    missing = [k for k in result.candidates if k not in base]
-    base.update(state.base_for(pair_id, missing))
+    del by_name
+    base = result.base
+    base.update(state.base_for(pair_id, sorted(result.candidates)))
 
     def locate(s: Side, key: str) -> Loc | None:
         row = base.get(key)
         if row is None:
             return None
         entry = row.entry
-        relname = f"{entry.subdir}/{row.names[idx[s]]}"
+        relname = row.names[idx[s]]
         if entry.folder in dirty[s] and relname not in present[s].get(entry.folder, ()):
             return None
         return _base_loc(replicas[s], codec, s, entry, relname)
@@ -130,10 +131,6 @@ def scan(
             current[key] = at_base
     _fill_sizes(replicas, result)
     return result
-
-
-def _key(loc: Loc) -> str:
-    return key_of(loc.unique)
 
 
 def _parse(replica: Replica, codec: FlagCodec, side: Side, folder: str, relname: str,

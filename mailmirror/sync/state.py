@@ -7,6 +7,7 @@ common entry plus each side's file name. Callers map their sides A/B onto low/hi
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -35,7 +36,7 @@ MIGRATIONS = [
         subdir  TEXT NOT NULL,
         flags   TEXT NOT NULL,
         size    INTEGER,
-        name_low  TEXT NOT NULL,
+        name_low  TEXT NOT NULL,  -- relname on each replica: "cur/NAME" or "new/NAME"
         name_high TEXT NOT NULL,
         PRIMARY KEY (pair_id, key)
     ) WITHOUT ROWID;
@@ -68,14 +69,16 @@ def encode_flags(flags: Iterable[str]) -> str:
     return FLAG_SEP.join(sorted(flags))
 
 
+@functools.lru_cache(maxsize=4096)
 def decode_flags(text: str) -> frozenset[str]:
+    """Cached: a store holds few distinct flag sets, so rows share one frozenset each."""
     return frozenset(text.split(FLAG_SEP)) if text else frozenset()
 
 
 @dataclass(frozen=True, slots=True)
 class BaseRow:
     entry: Entry
-    names: tuple[str, str]  # file name on the low and on the high replica
+    names: tuple[str, str]  # relname ("cur/NAME") on the low and on the high replica
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,15 +168,21 @@ class SyncState:
             for folder, side, cur, new, trusted in rows
         }
 
-    def base_in(self, pair_id: int, folders: Sequence[str]) -> Iterator[tuple[str, BaseRow]]:
+    def base_names(self, pair_id: int, folders: Sequence[str]
+                   ) -> Iterator[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
+        """Per folder: the keys and each side's relnames, as parallel tuples (cheap to compare)."""
         for folder in folders:
             rows = self.conn.execute(
-                "SELECT key, subdir, flags, size, name_low, name_high FROM sync_base "
-                "WHERE pair_id=? AND folder=?", (pair_id, folder))
-            for key, subdir, flags, size, low, high in rows:
-                yield key, BaseRow(Entry(folder, subdir, decode_flags(flags), size), (low, high))
+                "SELECT key, name_low, name_high FROM sync_base WHERE pair_id=? AND folder=?",
+                (pair_id, folder)).fetchall()
+            if rows:
+                keys, lows, highs = zip(*rows, strict=True)
+                yield folder, keys, lows, highs
 
     def base_for(self, pair_id: int, keys: Sequence[str]) -> Iterator[tuple[str, BaseRow]]:
+        """Full base rows of these keys (those that have one)."""
+        if not keys or not self.has_base(pair_id):
+            return
         keys = list(keys)
         for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]

@@ -128,7 +128,12 @@ class Agent:
             pieces = split_data(data, header.get("lengths") or [])
             if len(pieces) != len(refs):
                 raise ProtocolError("deliver: one length per ref")
-            items = [Delivery(ref, piece) for ref, piece in zip(refs, pieces, strict=True)]
+            mtimes = header.get("mtimes") or [None] * len(refs)
+            if len(mtimes) != len(refs) or not all(
+                    m is None or (isinstance(m, int) and not isinstance(m, bool)) for m in mtimes):
+                raise ProtocolError("deliver: one mtime (or null) per ref")
+            items = [Delivery(ref, piece, mtime)
+                     for ref, piece, mtime in zip(refs, pieces, mtimes, strict=True)]
             return _results(replica.deliver(items)), b""
         if op == "rename":
             sources, targets = _refs(header.get("sources")), _refs(header.get("targets"))
@@ -156,8 +161,8 @@ class Agent:
             if isinstance(item, Result):
                 meta.append([item.outcome.value, item.detail])
             else:
-                meta.append(len(item))
-                pieces.append(item)
+                meta.append([len(item.data), item.mtime_ns])
+                pieces.append(item.data)
         return meta, b"".join(pieces)
 
 
