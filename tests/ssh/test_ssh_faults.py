@@ -294,6 +294,18 @@ def test_stalled_connect_ends_in_bounded_time(mm: Mm, ssh_rig: SshRig, tmp_path:
     assert _trees(laptop, server) == before
 
 
+def test_agent_missing_falls_back_to_sftp_with_a_notice(
+        mm: Mm, ssh_rig: SshRig, two_sides: tuple[Path, Path], tmp_path: Path) -> None:
+    laptop, server = two_sides
+    ssh = ssh_args(ssh_rig, command=str(tmp_path / "nowhere" / "mailmirror") + " agent")
+    run = mm.sync(laptop, remote(server), ssh=ssh)
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and "mailhost" in lines[0] and "using SFTP" in lines[0], lines
+    assert run.json["b"].endswith("(sftp)"), run.json
+    assert run.json["counts"] == {"copy a->b": 1, "copy b->a": 1}, run.json
+    assert keyed(laptop) == keyed(server)
+
+
 def test_agent_missing_and_no_sftp(mm: Mm, ssh_rig: SshRig, two_sides: tuple[Path, Path],
                                    tmp_path: Path) -> None:
     """No mailmirror on the remote, and its sshd serves no SFTP either."""
