@@ -34,6 +34,7 @@ class Measurement:
     returncode: int
     stdout: str
     stderr: str
+    remote_mb: float | None = None  # over SSH: peak RSS of the remote side (see bench.ssh)
 
     @property
     def peak_mb(self) -> float:

@@ -1,4 +1,5 @@
-"""Turn measurements into the benchmark's one table, the target checks of issue 2, and JSON.
+"""Turn measurements into the benchmark's one table, the target checks of issues 2 (local) and 3
+(over SSH), and JSON.
 
 Owns no measuring: it reads `Result`s. Ratios are a tool's median over mailmirror's median for
 the same case, so "8.0" in unison's no-change row means mailmirror was 8 times faster.
@@ -17,7 +18,13 @@ FULL_SIZE = 100_000
 MEMORY_LIMIT_MB = 100.0
 HELP_LIMIT_S = 0.15
 MM = "mailmirror"
+MM_SFTP = "mailmirror-sftp"
 EXAMPLES = re.compile(r" \(e\.g\. .*\)$")
+
+
+def case_names(label: str) -> tuple[str, str, str]:
+    """The three cases of one transport: first copy, no change, delta."""
+    return f"first copy, {label}", f"no change, {label}", f"delta, {label}"
 
 
 def _runs(runs: list[int]) -> str:
@@ -33,6 +40,7 @@ class Result:
     tool: str
     seconds: list[float] = field(default_factory=list)
     peaks_mb: list[float] = field(default_factory=list)
+    remote_peaks_mb: list[float] = field(default_factory=list)  # over SSH: the remote side
     problems: list[tuple[int, str]] = field(default_factory=list)  # (run, what is wrong)
     note: str = ""  # why the cell is empty, e.g. the case does not apply to the tool
 
@@ -44,12 +52,17 @@ class Result:
     def peak_mb(self) -> float | None:
         return max(self.peaks_mb) if self.peaks_mb else None
 
+    @property
+    def remote_peak_mb(self) -> float | None:
+        return max(self.remote_peaks_mb) if self.remote_peaks_mb else None
+
 
 @dataclass(frozen=True)
 class Target:
     name: str
     detail: str
     passed: bool | None  # None: cannot be judged (a tool was not run or failed)
+    info: bool = False  # figures shown beside the targets, never judged
 
 
 @dataclass
@@ -61,11 +74,16 @@ class Report:
     repeat: int
     root: str
     filesystem: str
-    cases: list[str]
+    transports: list[str]  # labels, e.g. ["local", "ssh"]
     results: dict[tuple[str, str], Result]
     help_seconds: list[float]
     load: tuple[float, float]  # 1-minute load average at start and end
+    load_max: float = 0.0  # highest 1-minute load average seen after a timed run
     seconds_total: float = 0.0
+
+    @property
+    def cases(self) -> list[str]:
+        return [case for label in self.transports for case in case_names(label)]
 
     @property
     def judged(self) -> bool:
@@ -81,44 +99,81 @@ class Report:
 
     def correct(self) -> bool:
         """True when no mailmirror run failed or left the trees wrong."""
-        return not any(r.problems for (_, tool), r in self.results.items() if tool == MM)
+        return not any(r.problems for (_, tool), r in self.results.items() if tool in (MM, MM_SFTP))
 
     def targets(self) -> list[Target]:
-        first, nochange, delta = self.cases
-        out = []
-
-        def faster(case: str, tool: str, factor: float, what: str) -> None:
-            mine, theirs = self.median(case, MM), self.median(case, tool)
-            if mine is None or theirs is None:
-                out.append(Target(what, "not measured", None))
-            else:
-                detail = f"{mine:.2f} s vs {tool} {theirs:.2f} s ({theirs / mine:.2f}x)"
-                out.append(Target(what, detail, theirs >= factor * mine))
-
-        faster(nochange, "doveadm", 1, f"{nochange}: no slower than doveadm")
-        faster(nochange, "unison", 8, f"{nochange}: >= 8x faster than unison")
-        faster(delta, "doveadm", 4, f"{delta}: >= 4x faster than doveadm")
-        mine, floor = self.median(first, MM), self.median(first, "rsync")
-        if mine is None or floor is None:
-            out.append(Target(f"{first}: within 1.5x of rsync -a", "not measured", None))
-        else:
-            detail = f"{mine:.2f} s vs rsync {floor:.2f} s ({mine / floor:.2f}x)"
-            out.append(Target(f"{first}: within 1.5x of rsync -a", detail, mine <= 1.5 * floor))
-        peaks = [r.peak_mb for (_, t), r in self.results.items() if t == MM and r.peak_mb]
-        if peaks:
-            peak = max(peaks)
-            out.append(
-                Target(f"peak memory < {MEMORY_LIMIT_MB:.0f} MB", f"{peak:.1f} MB", peak < 100)
-            )
-        else:
-            out.append(Target(f"peak memory < {MEMORY_LIMIT_MB:.0f} MB", "not measured", None))
+        out: list[Target] = []
+        for label in self.transports:
+            out += self._ssh_targets(label) if label == "ssh" else self._local_targets(label)
         if self.help_seconds:
             help_s = statistics.median(self.help_seconds)
             out.append(Target("`mailmirror --help` < 0.15 s", f"{help_s:.3f} s", help_s < 0.15))
         return out
 
+    def _faster(self, case: str, tool: str, factor: float, what: str, mm: str = MM) -> Target:
+        mine, theirs = self.median(case, mm), self.median(case, tool)
+        if mine is None or theirs is None:
+            return Target(what, "not measured", None)
+        detail = f"{mine:.2f} s vs {tool} {theirs:.2f} s ({theirs / mine:.2f}x)"
+        return Target(what, detail, theirs >= factor * mine)
+
+    def _near_rsync(self, case: str, what: str, mm: str = MM) -> Target:
+        mine, floor = self.median(case, mm), self.median(case, "rsync")
+        if mine is None or floor is None:
+            return Target(what, "not measured", None)
+        detail = f"{mine:.2f} s vs rsync {floor:.2f} s ({mine / floor:.2f}x)"
+        return Target(what, detail, mine <= 1.5 * floor)
+
+    def _peak(
+        self, what: str, cases: tuple[str, ...], tools: tuple[str, ...], remote: bool = False
+    ) -> Target:
+        peaks = [
+            peak
+            for (case, tool), r in self.results.items()
+            if case in cases
+            and tool in tools
+            and (peak := r.remote_peak_mb if remote else r.peak_mb)
+        ]
+        if not peaks:
+            return Target(what, "not measured", None)
+        peak = max(peaks)
+        return Target(what, f"{peak:.1f} MB", peak < MEMORY_LIMIT_MB)
+
+    def _local_targets(self, label: str) -> list[Target]:
+        """Issue 2, the local engine."""
+        first, nochange, delta = cases = case_names(label)
+        limit = f"{MEMORY_LIMIT_MB:.0f} MB"
+        return [
+            self._faster(nochange, "doveadm", 1, f"{nochange}: no slower than doveadm"),
+            self._faster(nochange, "unison", 8, f"{nochange}: >= 8x faster than unison"),
+            self._faster(delta, "doveadm", 4, f"{delta}: >= 4x faster than doveadm"),
+            self._near_rsync(first, f"{first}: within 1.5x of rsync -a"),
+            self._peak(f"{label}: peak memory < {limit}", cases, (MM,)),
+        ]
+
+    def _ssh_targets(self, label: str) -> list[Target]:
+        """Issue 3, over the loopback sshd: the agent judged, the SFTP fallback beside it."""
+        first, nochange, delta = cases = case_names(label)
+        limit = f"{MEMORY_LIMIT_MB:.0f} MB"
+        out = [
+            self._faster(nochange, "unison", 3, f"{nochange}: >= 3x faster than unison"),
+            self._faster(delta, "unison", 3, f"{delta}: >= 3x faster than unison"),
+            self._near_rsync(first, f"{first}: within 1.5x of rsync -a"),
+            self._peak(f"{label}: client peak memory < {limit}", cases, (MM, MM_SFTP)),
+            self._peak(f"{label}: agent peak memory < {limit}", cases, (MM,), remote=True),
+        ]
+        if any(tool == MM_SFTP for _, tool in self.results):
+            sftp = [
+                self._faster(nochange, "unison", 3, f"{nochange}, SFTP: vs unison", MM_SFTP),
+                self._faster(delta, "unison", 3, f"{delta}, SFTP: vs unison", MM_SFTP),
+                self._near_rsync(first, f"{first}, SFTP: vs rsync -a", MM_SFTP),
+                self._peak(f"{label}, SFTP: sftp-server peak", cases, (MM_SFTP,), remote=True),
+            ]
+            out += [Target(t.name, t.detail, t.passed, info=True) for t in sftp]
+        return out
+
     def targets_failed(self) -> bool:
-        return self.judged and any(t.passed is False for t in self.targets())
+        return self.judged and any(t.passed is False and not t.info for t in self.targets())
 
     def to_text(self) -> str:
         size = f"{self.messages:,} messages ({self.total_bytes / 2**30:.2f} GiB"
@@ -128,10 +183,22 @@ class Report:
             f"trees under {self.root} ({self.filesystem}); cur/ and new/ mtimes set 10 s back "
             "before each no-change run, for every tool",
             f"{os.cpu_count()} CPUs, load average {self.load[0]:.2f} at start, "
-            f"{self.load[1]:.2f} at end (other work on the machine skews every figure)",
+            f"{self.load[1]:.2f} at end, {self.load_max:.2f} at most "
+            "(other work on the machine skews every figure)",
+        ]
+        remote = any(r.remote_peaks_mb for r in self.results.values())
+        if remote:
+            lines.append(
+                "over SSH: B behind a loopback OpenSSH sshd on the same machine (the agent or "
+                "server runs there too); remote MB = peak RSS of the agent, sftp-server, "
+                "unison -server or rsync --server"
+            )
+        lines += [
             "",
-            "| case | tool | median s | ÷ mailmirror | peak MB | runs s | check |",
-            "|---|---|---:|---:|---:|---|---|",
+            "| case | tool | median s | ÷ mailmirror | peak MB |"
+            + (" remote MB |" if remote else "")
+            + " runs s | check |",
+            "|---|---|---:|---:|---:|" + ("---:|" if remote else "") + "---|---|",
         ]
         for (case, tool), r in self.results.items():
             median = "-" if r.median is None else f"{r.median:.3f}"
@@ -141,9 +208,9 @@ class Report:
             runs_wrong = sorted({run for run, _ in r.problems})
             check = f"WRONG in runs {_runs(runs_wrong)}" if r.problems else r.note or "ok"
             ratio_text = "-" if ratio is None else f"{ratio:.2f}"
-            lines.append(
-                f"| {case} | {tool} | {median} | {ratio_text} | {peak} | {runs} | {check} |"
-            )
+            far = "-" if r.remote_peak_mb is None else f"{r.remote_peak_mb:.1f}"
+            cells = [case, tool, median, ratio_text, peak] + ([far] if remote else [])
+            lines.append("| " + " | ".join(cells + [runs, check]) + " |")
         if self.help_seconds:
             help_runs = " ".join(f"{s:.3f}" for s in self.help_seconds)
             lines += ["", f"`mailmirror --help`: {help_runs} s"]
@@ -152,9 +219,13 @@ class Report:
             if self.judged
             else f"informational: judged at {FULL_SIZE:,} messages only"
         )
-        lines += ["", f"Targets (issue 2), {mode}:"]
+        issues = ", ".join(
+            "issue 3 over SSH" if label == "ssh" else f"issue 2 {label}"
+            for label in self.transports
+        )
+        lines += ["", f"Targets ({issues}), {mode}:"]
         for t in self.targets():
-            verdict = {True: "PASS", False: "FAIL", None: "n/a "}[t.passed]
+            verdict = "info" if t.info else {True: "PASS", False: "FAIL", None: "n/a "}[t.passed]
             lines.append(f"  {verdict}  {t.name:44} {t.detail}")
         if any(r.problems for r in self.results.values()):
             lines += [
@@ -184,6 +255,8 @@ class Report:
             "filesystem": self.filesystem,
             "cpus": os.cpu_count(),
             "load_average": list(self.load),
+            "load_average_max": self.load_max,
+            "transports": self.transports,
             "results": [
                 {
                     "case": r.case,
@@ -192,13 +265,19 @@ class Report:
                     "median": r.median,
                     "ratio_to_mailmirror": self.ratio(r.case, r.tool),
                     "peak_mb": r.peak_mb,
+                    "remote_peak_mb": r.remote_peak_mb,
                     "problems": [{"run": run, "problem": text} for run, text in r.problems],
                 }
                 for r in self.results.values()
             ],
             "help_seconds": self.help_seconds,
             "targets": [
-                {"name": t.name, "detail": t.detail, "passed": t.passed, "judged": self.judged}
+                {
+                    "name": t.name,
+                    "detail": t.detail,
+                    "passed": t.passed,
+                    "judged": self.judged and not t.info,
+                }
                 for t in self.targets()
             ],
             "correct": self.correct(),

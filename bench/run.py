@@ -2,8 +2,9 @@
 
 For every repeat and tool, one chain on a fresh copy of the generated tree: first copy A -> B
 (B absent), then a no-change sync, then the delta sync; each timed, each checked against what the
-trees must hold. Exit status: 0 fine, 1 a mailmirror run failed or left the trees wrong,
-2 usage error or a tool missing, 3 a target of issue 2 failed (judged at 100,000 messages only).
+trees must hold. With `--ssh` the same chain runs again with B behind a loopback sshd
+(`bench.ssh`). Exit status: 0 fine, 1 a mailmirror run failed or left the trees wrong, 2 usage
+error or a tool missing, 3 a target of issue 2 or 3 failed (judged at 100,000 messages only).
 
 Run it as `.venv/bin/python -m bench.run` or `python bench/run.py`; `--help` lists the options.
 """
@@ -11,6 +12,8 @@ Run it as `.venv/bin/python -m bench.run` or `python bench/run.py`; `--help` lis
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,12 +28,13 @@ if __package__ in (None, ""):  # run as a script: make the `bench` package impor
 
 from bench import gen  # noqa: E402
 from bench.maildir import SUBDIRS, State, iter_folders, scan, verify  # noqa: E402
-from bench.measure import check_gnu_time, measure  # noqa: E402
-from bench.report import MM, Report, Result  # noqa: E402
+from bench.measure import Measurement, check_gnu_time, measure  # noqa: E402
+from bench.report import MM, MM_SFTP, Report, Result, case_names  # noqa: E402
+from bench.ssh import check_ssh, loopback  # noqa: E402
 from bench.tools import Local, Pair, Tool, Transport, make_tools  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TOOLS = ("mailmirror", "unison", "rsync", "doveadm")
+TOOLS = ("mailmirror", "mailmirror-sftp", "unison", "rsync", "doveadm")
 TIMEOUT = 1800.0
 BACKDATE = 10.0
 """Seconds by which cur/ and new/ mtimes are set back before the no-change runs: mailmirror
@@ -96,57 +100,74 @@ def log(text: str) -> None:
 
 
 class Bench:
-    """One benchmark run: the tree, the delta, and every tool's results."""
+    """One benchmark run: the tree, the delta, and every (transport, tool)'s results."""
 
-    def __init__(self, tree: Path, work: Path, seed: int, transport: Transport) -> None:
-        self.tree, self.work, self.transport = tree, work, transport
+    def __init__(self, tree: Path, work: Path, seed: int) -> None:
+        self.tree, self.work = tree, work
         listing = scan(tree)
         self.before: State = listing.state()
         self.delta = gen.plan_delta(listing, seed)
         self.after: State = self.delta.expected(self.before)
-        label = transport.label
-        self.first, self.nochange, self.changed = (
-            f"first copy, {label}",
-            f"no change, {label}",
-            f"delta, {label}",
-        )
+        self.transports: list[str] = []
         self.results: dict[tuple[str, str], Result] = {}
         self.kept: Path | None = None
+        self.load_max = 0.0
 
-    @property
-    def cases(self) -> list[str]:
-        return [self.first, self.nochange, self.changed]
+    def add(self, transport: Transport, tools: list[Tool]) -> list[Tool]:
+        """Add the cases of one transport for the tools that support it; return those tools."""
+        self.transports.append(transport.label)
+        first, nochange, changed = case_names(transport.label)
+        chosen = [t for t in tools if t.supports(transport)]
+        for tool in chosen:
+            for case in (first, nochange, changed):
+                result = Result(case, tool.name)
+                if case == changed and not tool.two_way:
+                    result.note = "n/a (one-way)"
+                self.results[(case, tool.name)] = result
+        return chosen
 
-    def add_tool(self, tool: Tool) -> None:
-        for case in self.cases:
-            result = Result(case, tool.name)
-            if case == self.changed and not tool.two_way:
-                result.note = "n/a (one-way)"
-            self.results[(case, tool.name)] = result
+    def run(self, tool: Tool, transport: Transport, pair: Pair) -> Measurement:
+        """One sync; over SSH also the remote side's peak (`Measurement.remote_mb`)."""
+        cmd = tool.command(pair, transport)
+        transport.before_run()
+        m = measure(cmd.argv, cmd.env, TIMEOUT)
+        m = dataclasses.replace(m, remote_mb=transport.remote_peak_mb())
+        self.load_max = max(self.load_max, os.getloadavg()[0])
+        return m
 
     def timed(
-        self, case: str, tool: Tool, pair: Pair, want: State, run: int, idle: bool = False
+        self,
+        case: str,
+        tool: Tool,
+        transport: Transport,
+        pair: Pair,
+        want: State,
+        run: int,
+        idle: bool = False,
     ) -> bool:
         """Time one sync and check the trees afterwards; False when the chain should stop (the
         tool failed, or mailmirror left the trees wrong: those are kept, see `keep`)."""
-        cmd = tool.command(pair, self.transport)
-        m = measure(cmd.argv, cmd.env, TIMEOUT)
+        m = self.run(tool, transport, pair)
         result = self.results[(case, tool.name)]
         failure = m.failure()
         if failure:
             result.problems.append((run, failure))
-            log(f"  {tool.name:10} {case:20} run {run}: FAILED {failure}")
+            log(f"  {tool.name:15} {case:20} run {run}: FAILED {failure}")
             return False
         problems = verify(pair.a, pair.b, want)
         if idle and (why := tool.idle_problem(m.stdout)):
             problems.append(why)
         result.seconds.append(m.seconds)
         result.peaks_mb.append(m.peak_mb)
+        if m.remote_mb is not None:
+            result.remote_peaks_mb.append(m.remote_mb)
         result.problems += [(run, p) for p in problems]
         verdict = f"{len(problems)} PROBLEMS" if problems else "ok"
         timing = f"{m.seconds:7.3f} s {m.peak_mb:6.1f} MB"
-        log(f"  {tool.name:10} {case:20} run {run}: {timing} {verdict}")
-        if problems and tool.name == MM:
+        if m.remote_mb is not None:
+            timing += f" (remote {m.remote_mb:5.1f} MB)"
+        log(f"  {tool.name:15} {case:20} run {run}: {timing} {verdict}")
+        if problems and tool.name in (MM, MM_SFTP):
             self.keep(pair, case, run, result)
             return False
         return True
@@ -155,43 +176,44 @@ class Bench:
         """Keep the trees and state of mailmirror's first wrong run for inspection."""
         if self.kept is not None:
             return
-        self.kept = self.work.parent / f"failed-{case.split(',')[0].replace(' ', '-')}-run{run}"
+        slug = case.replace(",", "").replace(" ", "-")
+        self.kept = self.work.parent / f"failed-{slug}-{result.tool}-run{run}"
         shutil.rmtree(self.kept, ignore_errors=True)
         pair.root.rename(self.kept)
         result.problems.append((run, f"trees and state kept in {self.kept}"))
 
-    def chain(self, tool: Tool, run: int) -> None:
+    def chain(self, tool: Tool, transport: Transport, run: int) -> None:
         """First copy, no change, delta: one fresh pair of trees, three timed syncs."""
-        pair = Pair(self.work / tool.name)
+        pair = Pair(self.work / transport.label / tool.name)
         shutil.rmtree(pair.root, ignore_errors=True)
         pair.root.mkdir(parents=True)
         try:
             subprocess.run(["cp", "-a", str(self.tree), str(pair.a)], check=True)
             tool.prepare(pair)
-            self.steps(tool, pair, run)
+            self.steps(tool, transport, pair, run)
         finally:
             shutil.rmtree(pair.root, ignore_errors=True)
 
-    def steps(self, tool: Tool, pair: Pair, run: int) -> None:
-        if not self.timed(self.first, tool, pair, self.before, run):
+    def steps(self, tool: Tool, transport: Transport, pair: Pair, run: int) -> None:
+        first, nochange, changed = case_names(transport.label)
+        if not self.timed(first, tool, transport, pair, self.before, run):
             return
         backdate(pair, BACKDATE)
-        cmd = tool.command(pair, self.transport)
-        settle = measure(cmd.argv, cmd.env, TIMEOUT)  # not timed: records the backdated mtimes
+        settle = self.run(tool, transport, pair)  # not timed: records the backdated mtimes
         if why := settle.failure() or tool.idle_problem(settle.stdout):
-            self.results[(self.nochange, tool.name)].problems.append((run, f"settling sync: {why}"))
+            self.results[(nochange, tool.name)].problems.append((run, f"settling sync: {why}"))
             return
-        if not self.timed(self.nochange, tool, pair, self.before, run, idle=True):
+        if not self.timed(nochange, tool, transport, pair, self.before, run, idle=True):
             return
         if not tool.two_way:
             return
         lost = gen.apply_side(pair.a, self.delta.a) + gen.apply_side(pair.b, self.delta.b)
         tool.prepare(pair)
         if lost:
-            self.results[(self.changed, tool.name)].problems.append(
+            self.results[(changed, tool.name)].problems.append(
                 (run, f"{len(lost)} messages to change were not found before the delta")
             )
-        self.timed(self.changed, tool, pair, self.after, run)
+        self.timed(changed, tool, transport, pair, self.after, run)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -209,9 +231,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--keep-tree", action="store_true", help="keep the generated tree for reuse"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
+    parser.add_argument(
+        "--ssh",
+        action="store_true",
+        help="also run the cases over SSH, with B behind a loopback sshd (issue 3)",
+    )
+    parser.add_argument("--no-local", action="store_true", help="skip the local cases")
     args = parser.parse_args(argv)
     if args.messages < 1000 or args.repeat < 1:
         parser.error("--messages must be >= 1000 and --repeat >= 1")
+    if args.no_local and not args.ssh:
+        parser.error("--no-local needs --ssh")
     return args
 
 
@@ -226,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f"{t.name}: {why}" for t in tools if (why := t.check_ready())]
     if why := check_gnu_time():
         missing.append(why)
+    if args.ssh and (why := check_ssh()):
+        missing.append(why)
     if missing:
         log("error: cannot run " + "; ".join(missing))
         return 2
@@ -234,13 +266,19 @@ def main(argv: list[str] | None = None) -> int:
     for stale in root.glob("failed-*"):  # kept by an earlier run (see Bench.keep)
         shutil.rmtree(stale)
     tree, total_bytes = ensure_tree(root, args.messages, args.seed)
-    bench = Bench(tree, root / "work", args.seed, Local())
-    for tool in tools:
-        bench.add_tool(tool)
-    for run in range(1, args.repeat + 1):
-        for tool in tools:
-            if tool.supports(bench.transport):
-                bench.chain(tool, run)
+    bench = Bench(tree, root / "work", args.seed)
+    with contextlib.ExitStack() as stack:
+        plan: list[tuple[Transport, list[Tool]]] = []
+        if not args.no_local:
+            local = Local()
+            plan.append((local, bench.add(local, tools)))
+        if args.ssh:
+            ssh = stack.enter_context(loopback(root / "sshd"))
+            plan.append((ssh, bench.add(ssh, tools)))
+        for run in range(1, args.repeat + 1):
+            for transport, chosen in plan:
+                for tool in chosen:
+                    bench.chain(tool, transport, run)
     help_seconds = []
     if any(t.name == MM for t in tools):
         for _ in range(HELP_RUNS):
@@ -248,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             if m.returncode == 0:
                 help_seconds.append(m.seconds)
     shutil.rmtree(root / "work", ignore_errors=True)
+    shutil.rmtree(root / "sshd", ignore_errors=True)
     if not args.keep_tree:
         shutil.rmtree(tree)
         (root / f"{tree.name}.json").unlink()
@@ -259,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
         repeat=args.repeat,
         root=str(root),
         filesystem=filesystem_of(root),
-        cases=bench.cases,
+        transports=bench.transports,
         results=bench.results,
         help_seconds=help_seconds,
         load=(load_start, os.getloadavg()[0]),
+        load_max=max(bench.load_max, load_start),
         seconds_total=time.perf_counter() - started,
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else report.to_text())

@@ -3,10 +3,13 @@
 The commands are the ones in /work/shared/notes/anchors.md, so figures measured here sit beside
 the published ones. A tool never sees another tool's files: each run gets a fresh `Pair`.
 
-Transport hook (issue 3): every command spells replica B through `Transport.address`. The SSH
-cases will add a sibling of `Local` that starts a loopback sshd and returns each tool's remote
-spelling of B (unison `ssh://127.0.0.1//abs/B` plus `-sshargs`, rsync `-e 'ssh -F cfg -p port'`,
-mailmirror `ssh://...`); tools that cannot sync over SSH (doveadm here) will say so in `supports`.
+Transports: replica B is either local (`Local`) or behind the loopback sshd of `bench.ssh`
+(`Ssh`), whose `SshEndpoint` says how to reach it. Each tool spells B its own way from that
+(unison `ssh://127.0.0.1//abs/B` plus `-sshargs`, rsync `-e 'ssh -F cfg -p port'`, mailmirror
+`ssh://127.0.0.1:port/abs/B` with the rig's key, known_hosts and ssh_config), and starts its
+remote half through the endpoint's `remote_time` wrapper so that the remote peak memory is
+measured too. Tools that cannot sync over SSH (doveadm) or only over SSH (mailmirror --sftp) say
+so in `supports`.
 """
 
 from __future__ import annotations
@@ -44,13 +47,42 @@ class Pair:
         return self.root / "state"
 
 
+@dataclass(frozen=True)
+class SshEndpoint:
+    """How to reach replica B's machine: a loopback sshd and the client files for it."""
+
+    host: str  # "127.0.0.1"; the ssh_config has a Host block for it (and the `mailhost` alias)
+    port: int
+    config: Path  # client ssh_config
+    identity: Path  # user key
+    known_hosts: Path
+    remote_time: Path
+    """Runs its arguments under GNU time on the remote side; the peak lands in the transport's
+    peak directory (see `bench.ssh.Ssh.remote_peak_mb`)."""
+
+    @property
+    def ssh_args(self) -> str:
+        """Options for OpenSSH, as unison's `-sshargs` and rsync's `-e 'ssh ...'` take them."""
+        return f"-F {self.config} -p {self.port}"
+
+
 class Transport(Protocol):
     """Where replica B lives and how each tool names it."""
 
     label: str
+    ssh: SshEndpoint | None  # None: B is a local path
 
     def address(self, path: Path) -> str:
-        """B's path as the tools spell it on their command line."""
+        """B as scp-style `host:path` (remote) or its path (local)."""
+        ...
+
+    def before_run(self) -> None:
+        """Called before each run of a tool: wait until the previous run's remote side is gone."""
+        ...
+
+    def remote_peak_mb(self) -> float | None:
+        """After a run: the highest peak RSS of the processes started through `remote_time`
+        during it (agent, sftp-server, unison -server, rsync --server), or None."""
         ...
 
 
@@ -58,9 +90,21 @@ class Local:
     """Both replicas on this machine, B named by its path."""
 
     label = "local"
+    ssh: SshEndpoint | None = None
 
     def address(self, path: Path) -> str:
         return str(path)
+
+    def before_run(self) -> None:
+        pass
+
+    def remote_peak_mb(self) -> float | None:
+        return None
+
+
+def _ssh_env(env: dict[str, str]) -> dict[str, str]:
+    """No ssh-agent: every tool authenticates with the rig's key only."""
+    return {k: v for k, v in env.items() if k != "SSH_AUTH_SOCK"}
 
 
 @dataclass(frozen=True)
@@ -99,10 +143,17 @@ class Tool:
 
 
 class Mailmirror(Tool):
+    """mailmirror; over SSH through its agent, or (`sftp=True`, SSH only) over SFTP."""
+
     name = "mailmirror"
 
-    def __init__(self, exe: str) -> None:
-        self.exe = exe
+    def __init__(self, exe: str, sftp: bool = False) -> None:
+        self.exe, self.sftp = exe, sftp
+        if sftp:
+            self.name = "mailmirror-sftp"
+
+    def supports(self, transport: Transport) -> bool:
+        return transport.ssh is not None or not self.sftp
 
     def check_ready(self) -> str | None:
         if not shutil.which(self.exe):
@@ -117,7 +168,16 @@ class Mailmirror(Tool):
             "XDG_CONFIG_HOME": str(pair.state / "config"),
             "XDG_STATE_HOME": str(pair.state / "xdg-state"),
         }
-        argv = [self.exe, "sync", str(pair.a), transport.address(pair.b)]
+        argv = [self.exe, "sync", str(pair.a)]
+        if (ssh := transport.ssh) is None:
+            argv.append(str(pair.b))
+        else:
+            env = _ssh_env(env)
+            exe = str(Path(shutil.which(self.exe) or self.exe).absolute())
+            argv += [f"ssh://{ssh.host}:{ssh.port}{pair.b}", "--ssh-config", str(ssh.config)]
+            argv += ["--identity", str(ssh.identity), "--known-hosts", str(ssh.known_hosts)]
+            agent = f"{ssh.remote_time} {exe} agent"
+            argv += ["--sftp"] if self.sftp else ["--remote-command", agent]
         return Command(argv + ["--state", str(pair.state / "state.sqlite3"), "--json"], env)
 
     def idle_problem(self, stdout: str) -> str | None:
@@ -131,10 +191,21 @@ class Mailmirror(Tool):
 class Unison(Tool):
     name = "unison"
 
+    def prepare(self, pair: Pair) -> None:
+        (pair.state / "server").mkdir(parents=True, exist_ok=True)
+
     def command(self, pair: Pair, transport: Transport) -> Command:
-        argv = ["unison", str(pair.a), transport.address(pair.b), "-batch", "-times"]
-        argv += ["-log=false", "-confirmbigdel=false", "-contactquietly", "-silent"]
-        return Command(argv, dict(os.environ, UNISON=str(pair.state)))
+        env = dict(os.environ, UNISON=str(pair.state))
+        if (ssh := transport.ssh) is None:
+            argv = ["unison", str(pair.a), str(pair.b)]
+        else:
+            # The server's archive goes into the run's state too, not into ~/.unison.
+            server = f"env UNISON={pair.state / 'server'} {ssh.remote_time} unison"
+            argv = ["unison", str(pair.a), f"ssh://{ssh.host}/{pair.b}"]
+            argv += ["-sshargs", ssh.ssh_args, "-servercmd", server]
+            env = _ssh_env(env)
+        argv += ["-batch", "-times", "-log=false", "-confirmbigdel=false", "-contactquietly"]
+        return Command(argv + ["-silent"], env)
 
 
 class Rsync(Tool):
@@ -142,8 +213,11 @@ class Rsync(Tool):
     two_way = False
 
     def command(self, pair: Pair, transport: Transport) -> Command:
-        argv = ["rsync", "-a", "--delete", f"{pair.a}/", f"{transport.address(pair.b)}/"]
-        return Command(argv, dict(os.environ))
+        argv = ["rsync", "-a", "--delete"]
+        if (ssh := transport.ssh) is not None:
+            argv += ["-e", f"ssh {ssh.ssh_args}", "--rsync-path", f"{ssh.remote_time} rsync"]
+        argv += [f"{pair.a}/", f"{transport.address(pair.b)}/"]
+        return Command(argv, _ssh_env(dict(os.environ)))
 
 
 DOVECOT_CONF = """\
@@ -171,7 +245,7 @@ class Doveadm(Tool):
     name = "doveadm"
 
     def supports(self, transport: Transport) -> bool:
-        return transport.label == "local"
+        return transport.ssh is None
 
     def check_ready(self) -> str | None:
         if not shutil.which("doveadm"):
@@ -216,6 +290,7 @@ def make_tools(names: list[str], mailmirror_exe: str) -> list[Tool]:
     """The tools named on the command line, in that order."""
     known: dict[str, Tool] = {
         "mailmirror": Mailmirror(mailmirror_exe),
+        "mailmirror-sftp": Mailmirror(mailmirror_exe, sftp=True),
         "unison": Unison(),
         "rsync": Rsync(),
         "doveadm": Doveadm(),
