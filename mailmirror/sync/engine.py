@@ -33,7 +33,7 @@ from mailmirror.sync.model import (
     Rekey,
     Side,
 )
-from mailmirror.sync.scan import Loc, Scan, scan, side_code
+from mailmirror.sync.scan import Loc, Scan, details, scan, side_code
 from mailmirror.sync.state import BaseRow, FolderRow, SyncState
 
 ProgressFn = Callable[[str, int, int], None]
@@ -203,11 +203,9 @@ class _Executor:
         self.low = low
         self.report = report
         self.options = options
-        self.locs: dict[tuple[Side, str], Loc] = {
-            (s, k): loc for s in Side for k, loc in found.current[s].items()
-        }
-        self.names: dict[tuple[Side, str], str] = {}
-        self.pending: dict[int, int] = {}
+        self.locs: dict[Side, dict[str, Loc]] = found.current  # gains rekeyed names
+        self.names: dict[Side, dict[str, str]] = {Side.A: {}, Side.B: {}}  # until recorded
+        self.pending: list[int] = []
         self.failed: set[int] = set()
         self.decisions: list[Decision] = []
         self.ready: list[tuple[str, BaseRow | None]] = []
@@ -228,7 +226,7 @@ class _Executor:
         copies: list[tuple[int, Copy]] = []
         for i, decision in enumerate(plan.decisions):
             self.decisions.append(decision)
-            self.pending[i] = len(decision.actions)
+            self.pending.append(len(decision.actions))
             if not decision.actions:
                 self._finish(i)
             for action in decision.actions:
@@ -255,7 +253,7 @@ class _Executor:
         if result.ok:
             self.report.counts[describe(action)] += 1  # type: ignore[arg-type]
             if isinstance(action, Delete):
-                entry = self.locs[(action.side, action.key)].entry
+                entry = self.locs[action.side][action.key].entry
                 self.tombs[action.side].append((action.key, entry))
         else:
             self.failed.add(i)
@@ -280,7 +278,7 @@ class _Executor:
             if entry is None:
                 self.ready.append((key, None))
                 continue
-            names = [self.names.get((s, key)) or self.locs[(s, key)].relname
+            names = [self.names[s].pop(key, None) or self.locs[s][key].relname
                      for s in (self.low, self.low.other)]
             self.ready.append((key, BaseRow(entry, (names[0], names[1]))))
 
@@ -291,7 +289,7 @@ class _Executor:
 
     def _unsettle(self, key: str) -> None:
         for s in Side:
-            loc = self.locs.get((s, key))
+            loc = self.locs[s].get(key)
             if loc is not None:
                 self.unsettled.add((s, loc.entry.folder))
         row = self.found.base.get(key)
@@ -302,14 +300,14 @@ class _Executor:
     def _relname(self, side: Side, key: str, entry: Entry, loc: Loc | None,
                  unique: str | None = None) -> str:
         """The file name `entry` gets on `side`; letters and info follow that side's rules."""
-        same_folder = loc is not None and loc.entry.folder == entry.folder
-        if unique is None:
-            unique = loc.unique if same_folder and loc is not None else key
         letters = self.codec.encode(side, entry.folder, entry.flags)
-        if same_folder and loc is not None:
-            letters = sort_letters(letters + loc.opaque)
-            if loc.raw_info is not None and not letters:
-                return f"{entry.subdir}/{unique}{self.replicas[side].sep}{loc.raw_info}"
+        if loc is not None and loc.entry.folder == entry.folder:
+            on_disk, opaque, raw_info = details(self.replicas[side], self.codec, side, loc)
+            unique = unique or on_disk
+            letters = sort_letters(letters + opaque)
+            if raw_info is not None and not letters:
+                return f"{entry.subdir}/{unique}{self.replicas[side].sep}{raw_info}"
+        unique = unique or key
         if entry.subdir == NEW and not letters:
             return f"{NEW}/{unique}"
         return f"{entry.subdir}/{unique}{self.replicas[side].sep}2,{letters}"
@@ -320,7 +318,8 @@ class _Executor:
         for s, extras in self.found.duplicates.items():
             items, notes = [], []
             for loc in extras:
-                new_unique = fresh_unique(key_of(loc.unique), loc.relname)
+                on_disk = details(self.replicas[s], self.codec, s, loc)[0]
+                new_unique = fresh_unique(key_of(on_disk), loc.relname)
                 target = self._relname(s, new_unique, loc.entry, loc, unique=new_unique)
                 items.append(Rename(Ref(loc.entry.folder, loc.relname),
                                     Ref(loc.entry.folder, target)))
@@ -343,17 +342,16 @@ class _Executor:
             return
         items = []
         for _, action in work:
-            loc = self.locs[(side, action.key)]
+            loc = self.locs[side][action.key]
             if isinstance(action, Rekey):
                 new_unique = action.new_key
                 target = self._relname(side, new_unique, loc.entry, loc, unique=new_unique)
-                self.names[(side, action.new_key)] = target
-                self.locs[(side, action.new_key)] = Loc(loc.entry, target, new_unique, loc.opaque,
-                                                        loc.raw_info)
+                self.names[side][action.new_key] = target
+                self.locs[side][action.new_key] = Loc(loc.entry, target)
                 dest_folder = loc.entry.folder
             else:
                 target = self._relname(side, action.key, action.entry, loc)
-                self.names[(side, action.key)] = target
+                self.names[side][action.key] = target
                 dest_folder = action.entry.folder
             items.append(Rename(Ref(loc.entry.folder, loc.relname), Ref(dest_folder, target)))
             self.touched.update(((side, loc.entry.folder), (side, dest_folder)))
@@ -366,7 +364,7 @@ class _Executor:
             return
         refs = []
         for _, action in work:
-            loc = self.locs[(side, action.key)]
+            loc = self.locs[side][action.key]
             refs.append(Ref(loc.entry.folder, loc.relname))
             self.touched.add((side, loc.entry.folder))
         results = self._chunked(self.replicas[side].delete, refs, "delete")
@@ -410,7 +408,7 @@ class _Executor:
         target = source.other
         refs = []
         for _, action in batch:
-            loc = self.locs[(source, action.key)]
+            loc = self.locs[source][action.key]
             refs.append(Ref(loc.entry.folder, loc.relname))
         messages = self.replicas[source].read(refs)
         deliveries, waiting = [], []
@@ -419,7 +417,7 @@ class _Executor:
                 self._done(i, action, message)
                 continue
             relname = self._relname(target, action.key, action.entry, None)
-            self.names[(target, action.key)] = relname
+            self.names[target][action.key] = relname
             self.touched.add((target, action.entry.folder))
             deliveries.append(Delivery(Ref(action.entry.folder, relname), message.data,
                                        message.mtime_ns))

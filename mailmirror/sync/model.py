@@ -29,6 +29,8 @@ class Side(Enum):
     A = "a"
     B = "b"
 
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is slow in hot loops
+
     @property
     def other(self) -> Side:
         return Side.B if self is Side.A else Side.A
@@ -114,12 +116,22 @@ class Conflict:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """Everything one message needs: actions in order, the base rows to record afterwards."""
+    """Everything one message needs: actions in order, the base rows to record afterwards.
+
+    `new_base` is the base row of `key` (None: forget it); `extra` holds rows of other keys
+    the decision creates (a rekeyed message). Kept flat: a first sync makes one per message.
+    """
 
     key: str
     actions: tuple[Action, ...]
-    base: dict[str, Entry | None]
+    new_base: Entry | None
     conflict: Conflict | None = None
+    extra: tuple[tuple[str, Entry], ...] = ()
+
+    @property
+    def base(self) -> dict[str, Entry | None]:
+        """Every base row this decision records, by key."""
+        return {self.key: self.new_base, **dict(self.extra)}
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ def reconcile(
     entries = {Side.A: a, Side.B: b}
     if a is None and b is None:
         # gone on both sides (or never there): forget it
-        return Decision(key, (), {key: None})
+        return Decision(key, (), None)
     if a is None or b is None:
         present = Side.A if a is not None else Side.B
         entry = entries[present]
@@ -78,17 +78,17 @@ def reconcile(
             base = tomb
         if base is None:
             # new on one side: copy it over
-            return Decision(key, (Copy(key, present, entry),), {key: entry})
+            return Decision(key, (Copy(key, present, entry),), entry)
         if entry.same_state(base) and not _is_content_clash(entry, base):
             # deleted on one side, unchanged on the other: delete
-            return Decision(key, (Delete(key, present),), {key: None})
+            return Decision(key, (Delete(key, present),), None)
         # deleted on one side, changed on the other: keep the changed one, never lose mail
         conflict = Conflict(
             key,
             f"deleted on {present.other.name}, changed on {present.name}",
             f"kept: copied back to {present.other.name}",
         )
-        return Decision(key, (Copy(key, present, entry),), {key: entry}, conflict)
+        return Decision(key, (Copy(key, present, entry),), entry, conflict)
     if _is_content_clash(a, b):
         return _split(key, base, a, b, prefer)
     return _merge(key, base, a, b, prefer)
@@ -115,7 +115,7 @@ def _merge(key: str, base: Entry | None, a: Entry, b: Entry, prefer: Side) -> De
             f"moved to {a.folder!r} on A and to {b.folder!r} on B",
             f"{prefer.name} wins (--prefer): kept in {folder!r}",
         )
-    return Decision(key, tuple(actions), {key: merged}, conflict)
+    return Decision(key, tuple(actions), merged, conflict)
 
 
 def _split(key: str, base: Entry | None, a: Entry, b: Entry, prefer: Side) -> Decision:
@@ -138,7 +138,7 @@ def _split(key: str, base: Entry | None, a: Entry, b: Entry, prefer: Side) -> De
         f"different messages share this name (sizes {a.size} on A, {b.size} on B)",
         f"kept both: the one from {stranger.name} is now {new_key}",
     )
-    return Decision(key, actions, {key: kept, new_key: moved}, conflict)
+    return Decision(key, actions, kept, conflict, ((new_key, moved),))
 
 
 def plan(
@@ -157,7 +157,7 @@ def plan(
     tombs = tombs or {}
     for key in sorted(keys):
         decision = reconcile(key, base.get(key), a.get(key), b.get(key), prefer, tombs.get(key))
-        if decision.actions or decision.base != {key: base.get(key)}:
+        if decision.actions or decision.extra or decision.new_base != base.get(key):
             decisions.append(decision)
     conflicts = tuple(d.conflict for d in decisions if d.conflict)
     return Plan(tuple(decisions), conflicts)

@@ -20,13 +20,21 @@ from mailmirror.sync.state import BaseRow, FolderRow, SyncState
 
 @dataclass(frozen=True, slots=True)
 class Loc:
-    """Where a message is on one side: its entry plus what renaming it needs."""
+    """Where a message is on one side. Kept small: a first sync holds one per message;
+    what a rename needs besides is parsed again from relname (see details())."""
 
     entry: Entry
     relname: str  # "cur/NAME" in entry.folder
-    unique: str  # the unique part as on disk (may carry ,U=)
-    opaque: str  # letters kept verbatim on this side
-    raw_info: str | None  # an info that is not "2,...", kept verbatim
+
+
+def details(replica: Replica, codec: FlagCodec, side: Side,
+            loc: Loc) -> tuple[str, str, str | None]:
+    """The unique part as on disk (may carry ,U=), the letters kept verbatim on this side
+    (untranslatable keywords), and an info that is not "2,..." (kept verbatim)."""
+    parsed = parse_name(loc.relname.partition("/")[2], replica.sep)
+    if parsed.has_flags:
+        return parsed.unique, codec.decode(side, loc.entry.folder, parsed.letters)[1], None
+    return parsed.unique, "", parsed.info or None
 
 
 @dataclass
@@ -73,58 +81,47 @@ def scan(
             row = known.get((folder, code))
             if (full or row is None or not row.trusted or row.stamp != stamps[s].get(folder)):
                 dirty[s].add(folder)
-    loaded = sorted(dirty[Side.A] | dirty[Side.B])
-    # names only, as C-level dicts and sets: full base rows are read for changed keys alone
-    by_name: dict[Side, dict[str, dict[str, str]]] = {Side.A: {}, Side.B: {}}
-    for folder, keys, low_names, high_names in state.base_names(pair_id, loaded):
+    result = Scan(stamps, clock, known, dirty, {}, {Side.A: {}, Side.B: {}}, set())
+    # Folder by folder, so memory follows the largest folder, not the maildir: base names and
+    # listings are compared as C-level sets; only names that differ are parsed.
+    gone: dict[Side, set[str]] = {Side.A: set(), Side.B: set()}  # base name no longer there
+    for s in Side:
+        result.listed_count[s] = result.base_count[s] = 0
+    for folder in sorted(dirty[Side.A] | dirty[Side.B]):
+        keys, low_names, high_names = state.base_names(pair_id, folder)
         names_of = {low: low_names, low.other: high_names}
         for s in Side:
-            if folder in dirty[s]:
-                by_name[s][folder] = dict(zip(names_of[s], keys, strict=True))
-
-    listing = {s: replicas[s].list(sorted(f for f in dirty[s] if f in stamps[s])) for s in Side}
-    result = Scan(stamps, clock, known, dirty, {}, {Side.A: {}, Side.B: {}}, set())
-    present: dict[Side, dict[str, set[str]]] = {Side.A: {}, Side.B: {}}
-    for s in Side:
-        result.listed_count[s] = 0
-        result.base_count[s] = sum(len(names) for names in by_name[s].values())
-        current = result.current[s]
-        for folder in dirty[s]:
-            now = set(listing[s].pop(folder, ()))
-            present[s][folder] = now
+            if folder not in dirty[s]:
+                continue
+            listed = replicas[s].list([folder])[folder] if folder in stamps[s] else []
+            now = set(listed)
+            del listed
+            known_names = dict(zip(names_of[s], keys, strict=True))
             result.listed_count[s] += len(now)
-            known_names = by_name[s].get(folder, {})
-            result.candidates.update(known_names[n] for n in known_names.keys() - now)
+            result.base_count[s] += len(known_names)
+            removed = [known_names[n] for n in known_names.keys() - now]
+            gone[s].update(removed)
+            result.candidates.update(removed)
+            current = result.current[s]
             for relname in now.difference(known_names):
-                loc = _parse(replicas[s], codec, s, folder, relname, result.invalid)
-                if loc is None:
+                parsed = _parse(replicas[s], codec, s, folder, relname, result.invalid)
+                if parsed is None:
                     continue
-                key = key_of(loc.unique)
+                key, loc = parsed
                 if key in current:
                     result.duplicates.setdefault(s, []).append(loc)
                     continue
                 current[key] = loc
                 result.candidates.add(key)
-    del by_name
     base = result.base
     base.update(state.base_for(pair_id, sorted(result.candidates)))
-
-    def locate(s: Side, key: str) -> Loc | None:
-        row = base.get(key)
-        if row is None:
-            return None
-        entry = row.entry
-        relname = row.names[idx[s]]
-        if entry.folder in dirty[s] and relname not in present[s].get(entry.folder, ()):
-            return None
-        return _base_loc(replicas[s], codec, s, entry, relname)
-
     for s in Side:
         current = result.current[s]
         for key in result.candidates:
-            at_base = locate(s, key)
-            if at_base is None:
+            row = base.get(key)
+            if row is None or key in gone[s]:
                 continue
+            at_base = Loc(row.entry, row.names[idx[s]])
             if key in current:
                 # the base copy is still in place and another name carries the same key
                 result.duplicates.setdefault(s, []).append(current[key])
@@ -134,30 +131,16 @@ def scan(
 
 
 def _parse(replica: Replica, codec: FlagCodec, side: Side, folder: str, relname: str,
-           invalid: list[str]) -> Loc | None:
+           invalid: list[str]) -> tuple[str, Loc] | None:
     subdir, _, name = relname.partition("/")
     try:
         parsed = parse_name(name, replica.sep)
     except InvalidName as exc:
         invalid.append(f"{replica.label}: {folder}/{relname}: {exc}")
         return None
-    raw_info = None
-    if parsed.has_flags:
-        flags, opaque = codec.decode(side, folder, parsed.letters)
-    else:
-        flags, opaque = frozenset(), ""
-        raw_info = parsed.info if parsed.info else None
-    entry = Entry(folder, subdir, flags, size_of(parsed.unique))
-    return Loc(entry, relname, parsed.unique, opaque, raw_info)
-
-
-def _base_loc(replica: Replica, codec: FlagCodec, side: Side, entry: Entry,
-              relname: str) -> Loc:
-    name = relname.partition("/")[2]
-    parsed = parse_name(name, replica.sep)
-    opaque = codec.decode(side, entry.folder, parsed.letters)[1] if parsed.has_flags else ""
-    raw_info = parsed.info if parsed.info and not parsed.has_flags else None
-    return Loc(entry, relname, parsed.unique, opaque, raw_info)
+    flags = codec.decode(side, folder, parsed.letters)[0] if parsed.has_flags else frozenset()
+    return key_of(parsed.unique), Loc(Entry(folder, subdir, flags, size_of(parsed.unique)),
+                                      relname)
 
 
 def _fill_sizes(replicas: dict[Side, Replica], result: Scan) -> None:

@@ -168,16 +168,16 @@ class SyncState:
             for folder, side, cur, new, trusted in rows
         }
 
-    def base_names(self, pair_id: int, folders: Sequence[str]
-                   ) -> Iterator[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
-        """Per folder: the keys and each side's relnames, as parallel tuples (cheap to compare)."""
-        for folder in folders:
-            rows = self.conn.execute(
-                "SELECT key, name_low, name_high FROM sync_base WHERE pair_id=? AND folder=?",
-                (pair_id, folder)).fetchall()
-            if rows:
-                keys, lows, highs = zip(*rows, strict=True)
-                yield folder, keys, lows, highs
+    def base_names(self, pair_id: int, folder: str
+                   ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """The folder's keys and each side's relnames, as parallel tuples (cheap to compare)."""
+        rows = self.conn.execute(
+            "SELECT key, name_low, name_high FROM sync_base WHERE pair_id=? AND folder=?",
+            (pair_id, folder)).fetchall()
+        if not rows:
+            return (), (), ()
+        keys, lows, highs = zip(*rows, strict=True)
+        return keys, lows, highs
 
     def base_for(self, pair_id: int, keys: Sequence[str]) -> Iterator[tuple[str, BaseRow]]:
         """Full base rows of these keys (those that have one)."""
