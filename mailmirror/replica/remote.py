@@ -49,7 +49,14 @@ class AgentReplica:
         self.layout = layout
         self.sep = sep
         self._ids = itertools.count(1)
-        hello = self._call("hello", version=VERSION, layout=layout, sep=sep, readonly=readonly)
+        try:
+            hello = self._call("hello", version=VERSION, layout=layout, sep=sep,
+                               readonly=readonly)
+        except ReplicaError as exc:
+            if "version" in str(exc):
+                raise ReplicaError(f"{exc}: install the same mailmirror version on both "
+                                   "sides") from None
+            raise
         if not isinstance(hello, dict) or hello.get("version") != VERSION:
             raise ReplicaError(f"{label}: the agent speaks protocol version "
                                f"{hello.get('version') if isinstance(hello, dict) else '?'}, "

@@ -12,6 +12,7 @@ import asyncio
 import shlex
 import socket
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncssh
@@ -28,6 +29,10 @@ T = TypeVar("T")
 
 class AgentMissing(ReplicaError):
     """The remote has no `mailmirror agent` at the configured command: SFTP can stand in."""
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "reason", "") or exc) or type(exc).__name__
 
 
 class SshChannel:
@@ -96,9 +101,11 @@ class SshSession:
         self.host = remote.host
         self.options = options
         self._loop = LoopThread("mailmirror-ssh")
+        self._connected = False
         self._sftp: asyncssh.SFTPClient | None = None
         try:
             self.conn = self.run(self._connect(), options.connect_timeout + 5)
+            self._connected = True
         except BaseException:
             self._loop.close()
             raise
@@ -107,9 +114,15 @@ class SshSession:
         try:
             return self._loop.run(coro, timeout)
         except TimeoutError:
-            raise ReplicaError(f"{self.host}: no answer for {timeout:g} s: the connection "
+            limit = timeout if self._connected else self.options.connect_timeout
+            raise ReplicaError(f"{self.host}: no answer for {limit:g} s: the connection "
                                "stalled (check the network)") from None
         except asyncssh.HostKeyNotVerifiable as exc:
+            if self._host_is_known():
+                raise ReplicaError(
+                    f"{self.host}: the host key does not match known_hosts: it changed since "
+                    "you last connected, which may be an attack. Check with the server's admin "
+                    "before removing the old key (ssh-keygen -R HOST)") from None
             raise ReplicaError(
                 f"{self.host}: host key not verified ({exc.reason}): check the host, then add "
                 "its key to known_hosts (ssh-keyscan, or connect once with ssh) or pass "
@@ -119,9 +132,20 @@ class SshSession:
                 f"{self.host}: authentication failed: check the user and key (--identity, "
                 "ssh-agent, ~/.ssh/config)") from None
         except asyncssh.DisconnectError as exc:
+            if self._connected:
+                raise ReplicaError(f"{self.host}: connection lost ({exc.reason}); nothing "
+                                   "half-written was published: run the sync again") from None
             raise ReplicaError(f"{self.host}: disconnected: {exc.reason}") from None
         except asyncssh.ChannelOpenError as exc:
             raise ReplicaError(f"{self.host}: cannot open a channel: {exc.reason}") from None
+        except asyncssh.SFTPError as exc:
+            raise ReplicaError(f"{self.host}: SFTP failed ({exc.reason}): check that the server "
+                               "offers the sftp subsystem, or install mailmirror there") from None
+        except (asyncssh.ConnectionLost, BrokenPipeError, ConnectionResetError) as exc:
+            raise ReplicaError(f"{self.host}: connection lost ({_reason(exc)}); nothing "
+                               "half-written was published: run the sync again") from None
+        except asyncssh.Error as exc:
+            raise ReplicaError(f"{self.host}: {exc.reason}") from None
         except ConnectionRefusedError:
             raise ReplicaError(f"{self.host}: connection refused: is sshd running, and is the "
                                "port right?") from None
@@ -129,15 +153,34 @@ class SshSession:
             raise ReplicaError(f"{self.host}: cannot resolve the host name ({exc.strerror})"
                                ) from None
         except OSError as exc:
-            raise ReplicaError(f"{self.host}: {exc.strerror or exc}") from None
+            if not self._connected:
+                raise ReplicaError(f"{self.host}: {exc.strerror or exc}") from None
+            raise ReplicaError(f"{self.host}: connection lost ({exc.strerror or exc}); nothing "
+                               "half-written was published: run the sync again") from None
 
-    async def _connect(self) -> asyncssh.SSHClientConnection:
+    def _host_is_known(self) -> bool:
+        """Whether known_hosts has keys for this host at all (then a mismatch is a change).
+
+        Resolved the way the connection was: ssh_config aliases, ports and known_hosts files.
+        """
+        try:
+            options = asyncssh.SSHClientConnectionOptions(**self._connect_args())
+            files = options.known_hosts
+            if files is None:
+                files = [str(Path("~/.ssh/known_hosts").expanduser())]
+            elif isinstance(files, str | Path):
+                files = [str(files)]
+            for path in files:
+                known = asyncssh.read_known_hosts(str(path))
+                if known.match(options.host, "", options.port)[0]:
+                    return True
+        except (OSError, ValueError, TypeError, asyncssh.Error):
+            return False
+        return False
+
+    def _connect_args(self) -> dict[str, Any]:
         opts = self.options
-        kwargs: dict[str, Any] = {
-            "connect_timeout": opts.connect_timeout,
-            "keepalive_interval": opts.keepalive,
-            "keepalive_count_max": 3,
-        }
+        kwargs: dict[str, Any] = {"host": self.host}
         if self.remote.port:
             kwargs["port"] = self.remote.port
         if self.remote.user:
@@ -148,7 +191,14 @@ class SshSession:
             kwargs["client_keys"] = [str(opts.identity)]
         if opts.known_hosts:
             kwargs["known_hosts"] = str(opts.known_hosts)
-        return await asyncssh.connect(self.host, **kwargs)
+        return kwargs
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        kwargs = self._connect_args()
+        host = kwargs.pop("host")
+        return await asyncssh.connect(host, connect_timeout=self.options.connect_timeout,
+                                      keepalive_interval=self.options.keepalive,
+                                      keepalive_count_max=3, **kwargs)
 
     def open_agent(self, path: str, layout: str, sep: str, readonly: bool,
                    command: str | None = None) -> AgentReplica:
