@@ -38,6 +38,7 @@ from mailmirror.sync.state import BaseRow, FolderRow, SyncState
 
 ProgressFn = Callable[[str, int, int], None]
 EMPTY_GUARD = 10  # a replica that held this many messages and now lists none stops the run
+PLAN_SLICE = 2000  # keys planned and executed together
 
 
 @dataclass
@@ -118,18 +119,23 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
     found = scan(replicas, state, pair.pair_id, low, codec, options.full, options.margin_ns)
     if not options.allow_empty:
         _check_not_emptied(replicas, found)
-    plan = reconcile.plan(
-        found.candidates,
-        {k: row.entry for k, row in found.base.items()},
-        {k: loc.entry for k, loc in found.current[Side.A].items()},
-        {k: loc.entry for k, loc in found.current[Side.B].items()},
-        options.prefer,
-        _tombstones(replicas, found),
-    )
-    report.plan = plan
-    report.conflicts.extend(plan.conflicts)
+    tombs = _tombstones(replicas, found)
+    keys = sorted(found.candidates)
+
+    def plan_of(chunk: list[str]) -> Plan:
+        return reconcile.plan(
+            chunk,
+            {k: found.base[k].entry for k in chunk if k in found.base},
+            {k: found.current[Side.A][k].entry for k in chunk if k in found.current[Side.A]},
+            {k: found.current[Side.B][k].entry for k in chunk if k in found.current[Side.B]},
+            options.prefer,
+            tombs,
+        )
+
     report.skipped.extend(found.invalid)
     if options.dry_run:
+        plan = report.plan = plan_of(keys)
+        report.conflicts.extend(plan.conflicts)
         report.counts.update(describe(x) for x in plan.actions)
         for s, folders in folders_to_create(found, plan, low).items():
             if folders:
@@ -141,7 +147,18 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
     outcome = "failed"
     try:
         executor = _Executor(replicas, found, codec, state, pair.pair_id, low, report, options)
-        executor.run(plan)
+        executor.start()
+        # Plan and act in slices of keys: decisions are independent per key, and memory then
+        # holds one slice of plan, not a whole first sync's.
+        for at in range(0, len(keys), PLAN_SLICE):
+            chunk = keys[at:at + PLAN_SLICE]
+            plan = plan_of(chunk)
+            report.conflicts.extend(plan.conflicts)
+            executor.run(plan)
+            executor.forget(chunk)
+            if options.progress:
+                options.progress("sync", at + len(chunk), len(keys))
+        executor.finish()
         outcome = report.outcome
     finally:
         report.seconds = time.monotonic() - started
@@ -211,6 +228,7 @@ class _Executor:
         self.ready: list[tuple[str, BaseRow | None]] = []
         self.touched: set[tuple[Side, str]] = set()
         self.unsettled: set[tuple[Side, str]] = set()
+        self.created: set[tuple[Side, str]] = set()
         self.tombs: dict[Side, list[tuple[str, Entry]]] = {Side.A: [], Side.B: []}
         for key in found.candidates:  # deletions users made since the last sync
             row = found.base.get(key)
@@ -219,8 +237,12 @@ class _Executor:
                     self.tombs[s].append((key, row.entry))
 
     # -- driving -------------------------------------------------------------------------
-    def run(self, plan: Plan) -> None:
+    def start(self) -> None:
         self._fix_duplicates()
+
+    def run(self, plan: Plan) -> None:
+        """Execute one slice of the plan; its base rows are written before this returns."""
+        self.decisions, self.pending = [], []
         renames: dict[Side, list[tuple[int, Rekey | Move]]] = {Side.A: [], Side.B: []}
         deletes: dict[Side, list[tuple[int, Delete]]] = {Side.A: [], Side.B: []}
         copies: list[tuple[int, Copy]] = []
@@ -243,6 +265,15 @@ class _Executor:
         self._flush_base()
         self._copies(copies)
         self._flush_base()
+
+    def forget(self, keys: list[str]) -> None:
+        """Drop what the scan held for keys whose slice is done (memory of a first sync)."""
+        for s in Side:
+            locs = self.locs[s]
+            for key in keys:
+                locs.pop(key, None)
+
+    def finish(self) -> None:
         self._remove_deleted_folders()
         for s in Side:
             self.replicas[s].add_tombstones(self.tombs[s])
@@ -333,6 +364,9 @@ class _Executor:
     def _create_folders(self, plan: Plan) -> None:
         for s, folders in folders_to_create(self.found, plan, self.low).items():
             for folder in folders:
+                if (s, folder) in self.created:
+                    continue
+                self.created.add((s, folder))
                 self.replicas[s].create_folder(folder)
                 self.touched.add((s, folder))
                 self.report.counts[f"folder+ {s.value}"] += 1
@@ -355,7 +389,7 @@ class _Executor:
                 dest_folder = action.entry.folder
             items.append(Rename(Ref(loc.entry.folder, loc.relname), Ref(dest_folder, target)))
             self.touched.update(((side, loc.entry.folder), (side, dest_folder)))
-        results = self._chunked(self.replicas[side].rename, items, "rename")
+        results = self._chunked(self.replicas[side].rename, items)
         for (i, action), result in zip(work, results, strict=True):
             self._done(i, action, result)
 
@@ -367,24 +401,18 @@ class _Executor:
             loc = self.locs[side][action.key]
             refs.append(Ref(loc.entry.folder, loc.relname))
             self.touched.add((side, loc.entry.folder))
-        results = self._chunked(self.replicas[side].delete, refs, "delete")
+        results = self._chunked(self.replicas[side].delete, refs)
         for (i, action), result in zip(work, results, strict=True):
             self._done(i, action, result)
 
-    def _chunked(self, op: Callable[[list], list[Result]], items: list, phase: str) -> list:
+    def _chunked(self, op: Callable[[list], list[Result]], items: list) -> list:
         out: list[Result] = []
         step = self.options.batch_count
         for start in range(0, len(items), step):
             out.extend(op(items[start:start + step]))
-            self._progress(phase, start + min(step, len(items) - start), len(items))
         return out
 
-    def _progress(self, phase: str, done: int, total: int) -> None:
-        if self.options.progress:
-            self.options.progress(phase, done, total)
-
     def _copies(self, work: list[tuple[int, Copy]]) -> None:
-        total, done = len(work), 0
         for source in Side:
             group = sorted((w for w in work if w[1].source is source),
                            key=lambda w: (w[1].entry.folder, w[1].key))
@@ -395,13 +423,9 @@ class _Executor:
                 size += item[1].entry.size or 65536
                 if len(batch) >= self.options.batch_count or size >= self.options.batch_bytes:
                     self._copy_batch(batch)
-                    done += len(batch)
-                    self._progress("copy", done, total)
                     batch, size = [], 0
             if batch:
                 self._copy_batch(batch)
-                done += len(batch)
-                self._progress("copy", done, total)
 
     def _copy_batch(self, batch: list[tuple[int, Copy]]) -> None:
         source = batch[0][1].source
