@@ -16,6 +16,7 @@ SEPARATORS = (":", ";", "!")
 MAX_NAME = 255
 _LOCAL_FIELD = re.compile(r",U=\d+(?=,|$)")
 _FORBIDDEN = re.compile(r"[/\x00-\x1f\x7f]")
+_SIZE_FIELD = re.compile(r",S=(\d+)")
 
 
 class InvalidName(ValueError):
@@ -96,11 +97,5 @@ def fresh_unique(key: str, salt: str) -> str:
 
 def size_of(unique: str) -> int | None:
     """The `,S=` size field, when the delivering agent wrote one."""
-    at = unique.find(",S=")
-    if at < 0:
-        return None
-    end = at + 3
-    while end < len(unique) and unique[end].isdigit():
-        end += 1
-    digits = unique[at + 3 : end]
-    return int(digits) if digits else None
+    match = _SIZE_FIELD.search(unique)
+    return int(match[1]) if match else None

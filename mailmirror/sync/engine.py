@@ -14,11 +14,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mailmirror.errors import SafetyStop, UsageError
 from mailmirror.maildir.names import fresh_unique, key_of, sort_letters
-from mailmirror.replica.base import Delivery, Outcome, Ref, Rename, Replica, Result
+from mailmirror.replica.base import Delivery, Message, Outcome, Ref, Rename, Replica, Result
 from mailmirror.sync import reconcile
 from mailmirror.sync.flags import FlagCodec
 from mailmirror.sync.model import (
@@ -49,7 +50,7 @@ class SyncOptions:
     allow_empty: bool = False
     margin_ns: int = 2_000_000_000
     batch_count: int = 1000
-    batch_bytes: int = 8 << 20
+    batch_bytes: int = 4 << 20
     progress: ProgressFn | None = None
 
 
@@ -413,28 +414,44 @@ class _Executor:
         return out
 
     def _copies(self, work: list[tuple[int, Copy]]) -> None:
+        """Copy in batches; the next batch is read (in a thread) while this one is delivered.
+
+        Reading and writing overlap like rsync's sender and receiver: the system calls of
+        one side run while Python works on the other. Each replica is used by one thread
+        at a time (reads on the source, deliveries on the target).
+        """
         for source in Side:
             group = sorted((w for w in work if w[1].source is source),
                            key=lambda w: (w[1].entry.folder, w[1].key))
-            batch: list[tuple[int, Copy]] = []
+            batches: list[list[tuple[int, Copy]]] = [[]]
             size = 0
             for item in group:
-                batch.append(item)
+                if (len(batches[-1]) >= self.options.batch_count
+                        or size >= self.options.batch_bytes):
+                    batches.append([])
+                    size = 0
+                batches[-1].append(item)
                 size += item[1].entry.size or 65536
-                if len(batch) >= self.options.batch_count or size >= self.options.batch_bytes:
-                    self._copy_batch(batch)
-                    batch, size = [], 0
-            if batch:
-                self._copy_batch(batch)
+            batches = [b for b in batches if b]
+            if not batches:
+                continue
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailmirror-read") as pool:
+                pending = pool.submit(self._read_batch, batches[0])
+                for n, batch in enumerate(batches):
+                    messages = pending.result()
+                    if n + 1 < len(batches):
+                        pending = pool.submit(self._read_batch, batches[n + 1])
+                    self._deliver_batch(batch, messages)
 
-    def _copy_batch(self, batch: list[tuple[int, Copy]]) -> None:
+    def _read_batch(self, batch: list[tuple[int, Copy]]) -> list[Message | Result]:
         source = batch[0][1].source
-        target = source.other
-        refs = []
-        for _, action in batch:
-            loc = self.locs[source][action.key]
-            refs.append(Ref(loc.entry.folder, loc.relname))
-        messages = self.replicas[source].read(refs)
+        locs = self.locs[source]
+        refs = [Ref(locs[a.key].entry.folder, locs[a.key].relname) for _, a in batch]
+        return self.replicas[source].read(refs)
+
+    def _deliver_batch(self, batch: list[tuple[int, Copy]],
+                       messages: list[Message | Result]) -> None:
+        target = batch[0][1].side
         deliveries, waiting = [], []
         for (i, action), message in zip(batch, messages, strict=True):
             if isinstance(message, Result):

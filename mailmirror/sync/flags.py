@@ -21,6 +21,7 @@ class FlagCodec:
         self._decoded: dict[tuple[Side, str, str], tuple[Flags, str]] = {}
         self.problems: list[str] = []
         self._opaque: dict[tuple[Side, str], set[str]] = {}
+        self._system: dict[Flags, str] = {}
 
     def _map(self, side: Side, folder: str) -> dict[str, str]:
         got = self._maps.get((side, folder))
@@ -62,6 +63,15 @@ class FlagCodec:
 
     def encode(self, side: Side, folder: str, flags: Flags) -> str:
         """Letters for `flags` in this folder of this side, adding keywords that are missing."""
+        if not flags <= SYSTEM_FLAGS:
+            return self._encode(side, folder, flags)
+        # system flags only (nearly every message): no keyword file involved, so cacheable
+        letters = self._system.get(flags)
+        if letters is None:
+            letters = self._system[flags] = sort_letters("".join(flags))
+        return letters
+
+    def _encode(self, side: Side, folder: str, flags: Flags) -> str:
         letters = [f for f in flags if len(f) == 1 and f in SYSTEM_FLAGS]
         names = {f for f in flags if f not in SYSTEM_FLAGS}
         if names:
