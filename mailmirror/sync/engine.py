@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mailmirror.errors import SafetyStop, UsageError
@@ -435,6 +434,8 @@ class _Executor:
             batches = [b for b in batches if b]
             if not batches:
                 continue
+            from concurrent.futures import ThreadPoolExecutor  # only runs that copy need it
+
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailmirror-read") as pool:
                 pending = pool.submit(self._read_batch, batches[0])
                 for n, batch in enumerate(batches):
