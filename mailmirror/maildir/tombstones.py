@@ -21,6 +21,18 @@ def format_tombstone(when: int, key: str, folder: str, subdir: str, flags: Itera
     return f"{when}\t{key}\t{folder}\t{subdir}\t{' '.join(sorted(flags))}\n"
 
 
+def format_deletions(when: int, items: Iterable[tuple[str, str, str, Iterable[str]]]) -> str:
+    """Lines for messages deleted now: (key, folder, subdir, flags) each."""
+    return "".join(format_tombstone(when, *item) for item in items)
+
+
+def prune_tombstones(text: str, now: int) -> str:
+    """The file without lines past the retention, one line per key (the newest)."""
+    return "".join(format_tombstone(when, key, folder, subdir, flags)
+                   for key, (when, folder, subdir, flags) in parse_tombstones(text).items()
+                   if when > now - RETENTION_SECONDS)
+
+
 def parse_tombstones(text: str) -> dict[str, tuple[int, str, str, frozenset[str]]]:
     """key -> (time, folder, subdir, flags) of its newest line; bad lines are skipped."""
     out = {}

@@ -30,10 +30,10 @@ from mailmirror.maildir.folders import (
 from mailmirror.maildir.fsops import fsync_dir, rename_noreplace, sync_filesystem
 from mailmirror.maildir.names import check_name
 from mailmirror.maildir.tombstones import (
-    RETENTION_SECONDS,
     TOMBSTONES_FILE,
-    format_tombstone,
+    format_deletions,
     parse_tombstones,
+    prune_tombstones,
 )
 from mailmirror.replica.base import (
     OK,
@@ -141,8 +141,7 @@ class LocalReplica:
         if not items or self.readonly:
             return
         now = int(time.time())
-        lines = "".join(format_tombstone(now, key, e.folder, e.subdir, e.flags)
-                        for key, e in items)
+        lines = format_deletions(now, ((k, e.folder, e.subdir, e.flags) for k, e in items))
         path = self.root / TOMBSTONES_FILE
         with open(path, "a", encoding="utf-8") as f:
             f.write(lines)
@@ -154,11 +153,9 @@ class LocalReplica:
 
     def _prune_tombstones(self, path: Path, now: int) -> None:
         """Rewrite the file without lines past the retention (temp file, then rename)."""
-        kept = {k: v for k, v in parse_tombstones(path.read_text("utf-8", "replace")).items()
-                if v[0] > now - RETENTION_SECONDS}
+        kept = prune_tombstones(path.read_text("utf-8", "replace"), now)
         tmp = self.root / "tmp" / f"{TOMBSTONES_FILE}.{os.getpid()}"
-        _write_new(str(tmp), "".join(format_tombstone(v[0], k, v[1], v[2], v[3])
-                                     for k, v in kept.items()).encode(), durable=True)
+        _write_new(str(tmp), kept.encode(), durable=True)
         os.replace(tmp, path)
 
     def remove_folder(self, folder: str) -> bool:

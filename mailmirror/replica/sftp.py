@@ -26,10 +26,10 @@ from mailmirror.maildir.folders import FS, INBOX, MAILDIRPP, SUBDIRS, InvalidFol
 from mailmirror.maildir.folders import folder_dir as _folder_dir
 from mailmirror.maildir.names import check_name
 from mailmirror.maildir.tombstones import (
-    RETENTION_SECONDS,
     TOMBSTONES_FILE,
-    format_tombstone,
+    format_deletions,
     parse_tombstones,
+    prune_tombstones,
 )
 from mailmirror.replica.base import (
     OK,
@@ -438,21 +438,23 @@ class SftpReplica:
         return time.time() + cast(float, self._offset_s)
 
     # -- tombstones (see maildir/tombstones.py) -----------------------------------------
-    async def _read_tombstones(self) -> dict[str, tuple[int, str, str, frozenset[str]]]:
+    async def _tombstone_text(self) -> str:
         try:
             async with await self.sftp.open(_b(self.root / TOMBSTONES_FILE), "rb",
                                             encoding=None) as handle:
-                data = await handle.read()
+                return (await handle.read()).decode("utf-8", "replace")
         except asyncssh.SFTPNoSuchFile:
-            return {}
-        return parse_tombstones(data.decode("utf-8", "replace"))
+            return ""
+
+    async def _read_tombstones(self) -> dict[str, tuple[int, str, str, frozenset[str]]]:
+        return parse_tombstones(await self._tombstone_text())
 
     async def _add_tombstones(self, items: Sequence[tuple[str, Entry]]) -> None:
         """Append durably (the server opens with O_APPEND, so concurrent writers interleave
         whole writes); past TOMBSTONE_REWRITE_BYTES, rewrite without expired lines."""
         now = int(await self._remote_now())
-        lines = "".join(format_tombstone(now, key, e.folder, e.subdir, e.flags)
-                        for key, e in items).encode()
+        lines = format_deletions(now, ((k, e.folder, e.subdir, e.flags)
+                                       for k, e in items)).encode()
         path = _b(self.root / TOMBSTONES_FILE)
         async with await self.sftp.open(path, "ab", _MODE_FILE, encoding=None) as handle:
             await handle.write(lines)
@@ -460,11 +462,9 @@ class SftpReplica:
             size = (await handle.stat()).size or 0
         if size <= TOMBSTONE_REWRITE_BYTES:
             return
-        kept = {k: v for k, v in (await self._read_tombstones()).items()
-                if v[0] > now - RETENTION_SECONDS}
+        kept = prune_tombstones(await self._tombstone_text(), now)
         tmp = _b(self.root / "tmp" / f"{TOMBSTONES_FILE}.{secrets.token_hex(8)}{TMP_SUFFIX}")
-        await self._write_new(tmp, "".join(format_tombstone(v[0], k, v[1], v[2], v[3])
-                                           for k, v in kept.items()).encode())
+        await self._write_new(tmp, kept.encode())
         await self.sftp.posix_rename(tmp, path)  # replacing is the point here
 
     # -- messages ------------------------------------------------------------------------
