@@ -188,3 +188,18 @@ def test_keyword_letters_are_translated_by_name(tmp_path):
     assert (b / "dovecot-keywords").read_text() == "0 Junk\n1 $Label1\n"
     assert sorted(os.listdir(a / "cur")) == ["1.M1P1.x,S=3:2,Sa", "2.M1P1.x,S=3:2,Sc"]
     assert not report.skipped
+
+
+def test_state_migrates_from_v1_keeping_the_base(tmp_path):
+    """A database written by the first schema is upgraded in place, base rows intact."""
+    from mailmirror.sync.state import COMPONENT, MIGRATIONS
+
+    store = open_store(tmp_path / "s.db")
+    store.migrate(COMPONENT, MIGRATIONS[:1])
+    store.conn.execute("INSERT INTO sync_pair(id_low, id_high) VALUES ('a', 'b')")
+    store.conn.execute("INSERT INTO sync_base VALUES (1, 'k1', 'Work', 'cur', 'S', 5, "
+                       "'cur/k1:2,S', 'cur/k1:2,S')")
+    state = SyncState(store)
+    assert state.base_names(1, "Work", 0) == {"cur/k1:2,S"}
+    (key, row), = state.base_for(1, ["k1"])
+    assert key == "k1" and row.entry == Entry("Work", CUR, frozenset("S"), 5)

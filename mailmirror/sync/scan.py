@@ -88,18 +88,19 @@ def scan(
     for s in Side:
         result.listed_count[s] = result.base_count[s] = 0
     for folder in sorted(dirty[Side.A] | dirty[Side.B]):
-        keys, low_names, high_names = state.base_names(pair_id, folder)
-        names_of = {low: low_names, low.other: high_names}
         for s in Side:
             if folder not in dirty[s]:
                 continue
             listed = replicas[s].list([folder])[folder] if folder in stamps[s] else []
             now = set(listed)
             del listed
-            known_names = dict(zip(names_of[s], keys, strict=True))
+            # a base name is the file name on this side, so its key is parsed from it: only
+            # the names that vanished need that, the rest is one C-level set difference
+            known_names = state.base_names(pair_id, folder, idx[s])
             result.listed_count[s] += len(now)
             result.base_count[s] += len(known_names)
-            removed = [known_names[n] for n in known_names.keys() - now]
+            removed = [key_of(parse_name(n[4:], replicas[s].sep).unique)
+                       for n in known_names - now]
             gone[s].update(removed)
             result.candidates.update(removed)
             current = result.current[s]

@@ -60,6 +60,26 @@ MIGRATIONS = [
     );
     CREATE INDEX sync_run_pair ON sync_run (pair_id, run_id)
     """,
+    # v2: base rows clustered by folder, so a changed folder's names are one range scan
+    # (v1 looked every row up through an index: 0.85 s for 100,000 messages)
+    """
+    CREATE TABLE sync_base2 (
+        pair_id INTEGER NOT NULL,
+        folder  TEXT NOT NULL,
+        key     TEXT NOT NULL,
+        subdir  TEXT NOT NULL,
+        flags   TEXT NOT NULL,
+        size    INTEGER,
+        name_low  TEXT NOT NULL,
+        name_high TEXT NOT NULL,
+        PRIMARY KEY (pair_id, folder, key)
+    ) WITHOUT ROWID;
+    INSERT INTO sync_base2 (pair_id, folder, key, subdir, flags, size, name_low, name_high)
+        SELECT pair_id, folder, key, subdir, flags, size, name_low, name_high FROM sync_base;
+    DROP TABLE sync_base;
+    ALTER TABLE sync_base2 RENAME TO sync_base;
+    CREATE UNIQUE INDEX sync_base_key ON sync_base (pair_id, key)
+    """,
 ]
 
 FLAG_SEP = " "
@@ -168,16 +188,12 @@ class SyncState:
             for folder, side, cur, new, trusted in rows
         }
 
-    def base_names(self, pair_id: int, folder: str
-                   ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-        """The folder's keys and each side's relnames, as parallel tuples (cheap to compare)."""
+    def base_names(self, pair_id: int, folder: str, side: int) -> set[str]:
+        """The relnames the base holds in `folder` on one side (0 low, 1 high)."""
+        column = ("name_low", "name_high")[side]
         rows = self.conn.execute(
-            "SELECT key, name_low, name_high FROM sync_base WHERE pair_id=? AND folder=?",
-            (pair_id, folder)).fetchall()
-        if not rows:
-            return (), (), ()
-        keys, lows, highs = zip(*rows, strict=True)
-        return keys, lows, highs
+            f"SELECT {column} FROM sync_base WHERE pair_id=? AND folder=?", (pair_id, folder))
+        return {name for (name,) in rows}
 
     def base_for(self, pair_id: int, keys: Sequence[str]) -> Iterator[tuple[str, BaseRow]]:
         """Full base rows of these keys (those that have one)."""
@@ -210,8 +226,10 @@ class SyncState:
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.executemany("DELETE FROM sync_base WHERE pair_id=? AND key=?", deletes)
+            # REPLACE also drops the row of a key that moved folder (the unique key index)
             self.conn.executemany(
-                "INSERT OR REPLACE INTO sync_base VALUES (?,?,?,?,?,?,?,?)", upserts)
+                "INSERT OR REPLACE INTO sync_base (pair_id, key, folder, subdir, flags, size, "
+                "name_low, name_high) VALUES (?,?,?,?,?,?,?,?)", upserts)
 
     def write_folders(self, pair_id: int, rows: dict[tuple[str, str], FolderRow | None]) -> None:
         with self.conn:
