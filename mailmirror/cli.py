@@ -10,13 +10,14 @@ configuration error; 3 fatal (a replica or the state store cannot be reached, re
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from mailmirror.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, MailmirrorError
+from mailmirror.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, MailmirrorError, StoreError
 
 if TYPE_CHECKING:
     from mailmirror.transport.options import SshOptions
@@ -104,8 +105,12 @@ def sync(
         ssh = SshOptions(ssh_config, identity, known_hosts, remote_command, sftp=sftp)
         code = _sync(a, b, dry_run, prefer, full, allow_empty, layout, separator, lock_timeout,
                      state, config, json_out, ssh, remote)
-    except (MailmirrorError, OSError) as exc:
-        if isinstance(exc, OSError):
+    except (MailmirrorError, OSError, sqlite3.Error) as exc:
+        if isinstance(exc, sqlite3.Error):
+            exc = StoreError(f"state database is damaged ({exc}); it was left untouched: move "
+                             "it aside and the next sync starts safely from scratch (no "
+                             "deletions), or use --state PATH")
+        elif isinstance(exc, OSError):
             exc = MailmirrorError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
         _fail(exc, debug)
     except KeyboardInterrupt:

@@ -76,7 +76,7 @@ class Runner:
                 check_local(parsed, s.layout)
         a = self._open(job.a, job.remote_command)
         b = self._first_answering(candidates, job.remote_command)
-        with open_store(s.state_path) as store, \
+        with open_store(s.state_path, readonly=s.options.dry_run) as store, \
                 pair_lock(s.state_path, a.id, b.id, s.lock_timeout):
             state = SyncState(store)
             for line in state.moved_labels(a, b):

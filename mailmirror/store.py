@@ -10,6 +10,7 @@ when the file did not exist.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,8 @@ CREATE TABLE IF NOT EXISTS schema (
     version   INTEGER NOT NULL
 )
 """
+_META = "CREATE TABLE IF NOT EXISTS store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+CHECK_EVERY_SECONDS = 86400  # a full integrity check reads the whole file: once a day
 
 
 class Store:
@@ -75,8 +78,25 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
-def open_store(path: Path) -> Store:
+def _check_now_and_then(conn: sqlite3.Connection, created: bool, readonly: bool) -> None:
+    """PRAGMA quick_check once a day: damage found later by a query raises sqlite3 errors,
+    which callers report like this one (never read as an empty store)."""
+    now = time.time()
+    if not created:
+        row = conn.execute("SELECT value FROM store_meta WHERE name = 'checked_at'").fetchone()
+        if row and now - float(row[0]) < CHECK_EVERY_SECONDS:
+            return
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(check)
+    if not readonly:
+        conn.execute("INSERT OR REPLACE INTO store_meta VALUES ('checked_at', ?)", (str(now),))
+
+
+def open_store(path: Path, readonly: bool = False) -> Store:
     """Open (creating if absent) the state database at `path`.
+
+    `readonly` (dry runs) records nothing of its own, not even the time of the last check.
 
     Raises StoreError with a one-line fix when the file is not a usable SQLite database,
     is unwritable, or its parent cannot be created.
@@ -94,11 +114,9 @@ def open_store(path: Path) -> Store:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
-        if not created:
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(check)
         conn.execute(_SCHEMA)
+        conn.execute(_META)
+        _check_now_and_then(conn, created, readonly)
     except sqlite3.Error as exc:
         raise StoreError(
             f"state database {path} is unusable ({exc}); it was left untouched: move it aside "
