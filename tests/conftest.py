@@ -13,13 +13,17 @@ settings.register_profile("dev", deadline=None, max_examples=50)
 settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 
 
+def missing(what: str) -> None:
+    """A real component is absent: skip locally, fail under CI=true (it must be installed)."""
+    message = f"{what} is not installed (bash scripts/setup --test installs it)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require(binary: str) -> str:
-    """Path of a real component; skip locally without it, fail under CI=true."""
-    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}")
-                                    else None)
+    """Path of a real component; see missing() for what happens without it."""
+    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/local/sbin")
     if path is None:
-        message = f"{binary} is not installed (bash scripts/setup --test installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(binary)
     return path

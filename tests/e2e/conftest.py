@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.conftest import missing, require
 from tests.ssh.sshrig import ALIAS, SshRig, running_rig
 
 MAILMIRROR = str(Path(sys.executable).with_name("mailmirror"))
@@ -55,11 +55,6 @@ TRANSPORTS = ("local", "agent", "sftp")
 AGENT_COMMAND = f"{MAILMIRROR} agent"
 
 
-def _missing(what: str) -> None:
-    message = f"{what} is not installed (bash scripts/setup --test installs it)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +90,7 @@ def user() -> User:
         entry = pwd.getpwuid(os.geteuid())
         return User(entry.pw_name, entry.pw_uid, entry.pw_gid, ())
     if shutil.which("setpriv") is None:
-        _missing("setpriv (util-linux)")
+        missing("setpriv (util-linux)")
     try:
         entry = pwd.getpwnam(TEST_USER)
     except KeyError:
@@ -136,7 +131,7 @@ def doveadm() -> str:
     path = shutil.which("doveadm") or ("/usr/bin/doveadm" if os.path.exists("/usr/bin/doveadm")
                                        else None)
     if path is None:
-        _missing("doveadm (dovecot-core)")
+        missing("doveadm (dovecot-core)")
     return path
 
 

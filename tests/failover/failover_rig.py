@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.server
 import os
 import random
-import shutil
 import socket
 import subprocess
 import threading
@@ -23,7 +22,8 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
-import pytest
+
+from tests.conftest import require as require_binary
 
 ZONE = "example.test"
 TEMPLATE = """$ORIGIN example.test.
@@ -45,15 +45,7 @@ MAIN_IP = "192.0.2.10"
 BACKUP_IP = "198.51.100.20"
 
 
-def require_binary(name: str) -> str:
-    """The path of a system binary; fail under CI (it must be installed there), else skip."""
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
-    if found:
-        return found
-    message = f"{name} is not installed: run `bash scripts/setup --test`"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+
 
 
 def free_endpoint() -> tuple[str, int]:
