@@ -93,3 +93,18 @@ def test_replica_that_suddenly_lists_nothing_stops_the_run(tmp_path):
     assert len(published(a)) == 30
     report = sync(open_local(a), open_local(b), state, SyncOptions(allow_empty=True))
     assert report.counts == {"delete a": 30}
+
+
+def test_a_folder_half_made_by_a_killed_run_is_completed(tmp_path):
+    """Found by the SIGKILL test in CI: a run killed inside create_folder left .X/cur without
+    tmp/, and every later delivery into it failed. Folders are now staged and renamed into
+    place, and deliveries complete a folder that lacks a subdirectory."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_tree(a, 6, 100)
+    create_folder(b, "INBOX")
+    (b / ".Work" / "cur").mkdir(parents=True)
+    state = SyncState(open_store(tmp_path / "s.db"))
+    report = sync(open_local(a), open_local(b), state, SyncOptions())
+    assert not report.skipped, report.skipped
+    assert published(b) == published(a)
+    assert all((b / ".Work" / sub).is_dir() for sub in ("cur", "new", "tmp"))

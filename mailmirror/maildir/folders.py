@@ -7,6 +7,7 @@ Also owns creating a folder the way an MDA does and validating names from untrus
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path, PurePath
 from typing import TypeVar
 
@@ -75,12 +76,30 @@ def list_folders(root: Path, layout: str = MAILDIRPP) -> list[str]:
 
 
 def create_folder(root: Path, folder: str, layout: str = MAILDIRPP) -> Path:
-    """Create `folder` with cur/ new/ tmp/ and, for subfolders, the `maildirfolder` marker."""
+    """Create `folder` with cur/ new/ tmp/ and, for subfolders, the `maildirfolder` marker.
+
+    A subfolder is built under a temporary name and renamed into place, so a crash never
+    leaves a folder that has cur/ but no tmp/; an existing folder gets what it lacks.
+    """
     path = folder_dir(root, folder, layout)
+    if folder != INBOX and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # staged in the root's tmp/ (same file system, never listed as a folder)
+        staged = root / "tmp" / f"mailmirror-folder-{os.getpid()}-{path.name}"
+        shutil.rmtree(staged, ignore_errors=True)
+        _fill(staged, with_marker=True)
+        try:
+            os.rename(staged, path)
+        except OSError:
+            shutil.rmtree(staged, ignore_errors=True)  # created meanwhile: complete it below
+    _fill(path, with_marker=folder != INBOX)
+    return path
+
+
+def _fill(path: Path, with_marker: bool) -> None:
     for sub in SUBDIRS:
         (path / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-    if folder != INBOX:
+    if with_marker:
         marker = path / "maildirfolder"
         if not marker.exists():
             marker.touch(mode=0o600)
-    return path

@@ -303,6 +303,9 @@ class LocalReplica:
         tmp_dir = f"{self._dir(folder)}/tmp"
         if folder not in self._cleaned:
             self._cleaned.add(folder)
+            if os.path.isdir(self._dir(folder)):  # half made by another tool or a crash
+                for sub in ("cur", "new", "tmp"):
+                    os.makedirs(f"{self._dir(folder)}/{sub}", mode=0o700, exist_ok=True)
             _remove_stale_tmp(tmp_dir, self._host)
         n = next(self._counter)
         name = f"{time.time_ns()}.M{n}P{os.getpid()}.{self._host}{TMP_SUFFIX}"
