@@ -21,6 +21,7 @@ from mailmirror.sync.model import Entry
 from mailmirror.transport.protocol import (
     VERSION,
     ProtocolError,
+    TruncatedFrame,
     encode_frame,
     read_frame,
     split_data,
@@ -80,6 +81,9 @@ class AgentReplica:
         try:
             self.channel.send(encode_frame({"id": rid, "op": op, **fields}, data))
             frame = read_frame(self.channel.read_exactly)
+        except TruncatedFrame:
+            raise ReplicaError(f"{self.label}: connection lost in the middle of a reply; "
+                               "nothing half-written was published: run the sync again") from None
         except ProtocolError as exc:
             raise ReplicaError(f"{self.label}: the agent sent an invalid reply ({exc}): "
                                "is `mailmirror agent` the same version there?") from None

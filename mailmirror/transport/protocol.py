@@ -22,6 +22,10 @@ class ProtocolError(Exception):
     """The peer sent something that is not a valid frame of this protocol."""
 
 
+class TruncatedFrame(ProtocolError):
+    """The stream ended inside a frame: the peer or the connection went away mid-reply."""
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     header: dict
@@ -39,7 +43,7 @@ def encode_frame(header: dict, data: bytes = b"") -> bytes:
 def decode_prefix(prefix: bytes) -> tuple[int, int]:
     """Header and data lengths, refusing sizes past the caps."""
     if len(prefix) != PREFIX.size:
-        raise ProtocolError("truncated frame prefix")
+        raise TruncatedFrame("truncated frame prefix")
     header_len, data_len = PREFIX.unpack(prefix)
     if header_len == 0 or header_len > MAX_HEADER:
         raise ProtocolError(f"frame header of {header_len} bytes")
@@ -69,11 +73,11 @@ def read_frame(read_exactly: Callable[[int], bytes]) -> Frame | None:
     header_len, data_len = decode_prefix(prefix)
     raw = read_exactly(header_len)
     if len(raw) != header_len:
-        raise ProtocolError("stream ended inside a frame header")
+        raise TruncatedFrame("stream ended inside a frame header")
     header = decode_header(raw)
     data = read_exactly(data_len) if data_len else b""
     if len(data) != data_len:
-        raise ProtocolError("stream ended inside frame data")
+        raise TruncatedFrame("stream ended inside frame data")
     return Frame(header, data)
 
 

@@ -9,6 +9,7 @@ verified against known_hosts: an unknown or changed key is an error, never accep
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import socket
 from collections.abc import Coroutine
@@ -97,6 +98,9 @@ class SshSession:
     """One SSH connection to one host; it can serve several replicas (maildirs) there."""
 
     def __init__(self, remote: Remote, options: SshOptions) -> None:
+        # a dropped connection makes asyncio log "socket.send() raised exception." for every
+        # pending write; the one line users need comes from run() instead
+        logging.getLogger("asyncio").setLevel(logging.ERROR)
         self.remote = remote
         self.host = remote.host
         self.options = options
