@@ -18,6 +18,7 @@ from mailmirror.maildir.folders import create_folder, folder_dir
 from mailmirror.maildir.names import parse_name
 from mailmirror.replica.local import open_local
 from mailmirror.store import open_store
+from mailmirror.sync import engine
 from mailmirror.sync.engine import SyncOptions, sync
 from mailmirror.sync.state import SyncState
 
@@ -108,3 +109,21 @@ def test_a_folder_half_made_by_a_killed_run_is_completed(tmp_path):
     assert not report.skipped, report.skipped
     assert published(b) == published(a)
     assert all((b / ".Work" / sub).is_dir() for sub in ("cur", "new", "tmp"))
+
+
+def test_a_failure_in_one_slice_does_not_spoil_the_next(tmp_path, monkeypatch):
+    """Decision indices restart with every slice of the plan, so must the failed ones: a copy
+    that failed in slice 1 once kept the copy at the same index of slice 2 from being
+    recorded in the base."""
+    monkeypatch.setattr(engine, "PLAN_SLICE", 2)
+    a, b = tmp_path / "a", tmp_path / "b"
+    create_folder(a, "INBOX")
+    os.mkfifo(a / "cur" / "1.M0P1.x:2,S")  # sorts first and cannot be read: fails
+    for n in range(1, 4):
+        (a / "cur" / f"1.M{n}P1.x:2,S").write_bytes(b"m%d" % n)
+    state = SyncState(open_store(tmp_path / "s.db"))
+    report = sync(open_local(a), open_local(b), state, SyncOptions())
+    assert len(report.skipped) == 1 and report.counts["copy a->b"] == 3
+    pair_id = state.conn.execute("SELECT pair_id FROM sync_pair").fetchone()[0]
+    recorded = {key for key, _ in state.base_for(pair_id, [f"1.M{n}P1.x" for n in range(4)])}
+    assert recorded == {"1.M1P1.x", "1.M2P1.x", "1.M3P1.x"}

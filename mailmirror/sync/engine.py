@@ -242,7 +242,7 @@ class _Executor:
 
     def run(self, plan: Plan) -> None:
         """Execute one slice of the plan; its base rows are written before this returns."""
-        self.decisions, self.pending = [], []
+        self.decisions, self.pending, self.failed = [], [], set()  # indices are per slice
         renames: dict[Side, list[tuple[int, Rekey | Move]]] = {Side.A: [], Side.B: []}
         deletes: dict[Side, list[tuple[int, Delete]]] = {Side.A: [], Side.B: []}
         copies: list[tuple[int, Copy]] = []
