@@ -140,10 +140,10 @@ def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_e
         jobs = [Job(pa, candidates, command) for pa, candidates, command in profile.pairs]
         layout, separator, prefer = profile.layout, profile.separator, profile.prefer
         timeout = profile.timeout
-        ssh = replace(ssh, **{k: Path(v).expanduser() for k in
-                              ("config", "identity", "known_hosts")
-                              if (v := getattr(profile, "ssh_config" if k == "config" else k))
-                              and getattr(ssh, k) is None})
+        from_profile = {"config": profile.ssh_config, "identity": profile.identity,
+                        "known_hosts": profile.known_hosts}
+        ssh = replace(ssh, **{k: Path(v).expanduser() for k, v in from_profile.items()
+                              if v and getattr(ssh, k) is None})  # the command line wins
     else:
         if remote is not None:
             raise UsageError("--remote picks one of a profile's remotes: give a profile name")
