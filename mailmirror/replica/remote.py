@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from mailmirror.errors import ReplicaError
@@ -23,6 +23,7 @@ from mailmirror.transport.protocol import (
     ProtocolError,
     TruncatedFrame,
     encode_frame,
+    exact_reader,
     read_frame,
     split_data,
 )
@@ -276,23 +277,12 @@ class PipeChannel:
         self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=stderr)
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self._write: Callable[[bytes], object] = self.proc.stdin.write
         self._stdin = self.proc.stdin
-        self._stdout = self.proc.stdout
+        self.read_exactly = exact_reader(self.proc.stdout)
 
     def send(self, data: bytes) -> None:
-        self._write(data)
+        self._stdin.write(data)
         self._stdin.flush()
-
-    def read_exactly(self, n: int) -> bytes:
-        chunks, want = [], n
-        while want:
-            chunk = self._stdout.read(want)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            want -= len(chunk)
-        return b"".join(chunks)
 
     def close(self) -> None:
         try:

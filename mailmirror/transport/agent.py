@@ -24,6 +24,7 @@ from mailmirror.transport.protocol import (
     VERSION,
     ProtocolError,
     encode_frame,
+    exact_reader,
     read_frame,
     split_data,
 )
@@ -169,7 +170,7 @@ class Agent:
 def serve(root: str, stdin: BinaryIO, stdout: BinaryIO) -> int:
     """Answer requests until the client closes the stream; the exit status of the agent."""
     agent = Agent(root)
-    read_exactly: Callable[[int], bytes] = _exact_reader(stdin)
+    read_exactly: Callable[[int], bytes] = exact_reader(stdin)
     while True:
         try:
             frame = read_frame(read_exactly)
@@ -199,20 +200,6 @@ def serve(root: str, stdin: BinaryIO, stdout: BinaryIO) -> int:
 def _send(stdout: BinaryIO, header: dict, data: bytes = b"") -> None:
     stdout.write(encode_frame(header, data))
     stdout.flush()
-
-
-def _exact_reader(stream: BinaryIO) -> Callable[[int], bytes]:
-    def read_exactly(n: int) -> bytes:
-        chunks, want = [], n
-        while want:
-            chunk = stream.read(min(want, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            want -= len(chunk)
-        return b"".join(chunks)
-
-    return read_exactly
 
 
 def main(root: str) -> int:

@@ -11,6 +11,7 @@ import json
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 VERSION = 1
 PREFIX = struct.Struct(">IQ")
@@ -79,6 +80,21 @@ def read_frame(read_exactly: Callable[[int], bytes]) -> Frame | None:
     if len(data) != data_len:
         raise TruncatedFrame("stream ended inside frame data")
     return Frame(header, data)
+
+
+def exact_reader(stream: BinaryIO) -> Callable[[int], bytes]:
+    """read_exactly(n) over a blocking binary stream: fewer bytes only at end of stream."""
+    def read_exactly(n: int) -> bytes:
+        chunks, want = [], n
+        while want:
+            chunk = stream.read(min(want, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            want -= len(chunk)
+        return b"".join(chunks)
+
+    return read_exactly
 
 
 def split_data(data: bytes, lengths: list[int]) -> list[bytes]:
