@@ -211,5 +211,66 @@ def agent(
     raise typer.Exit(agent_main(root))
 
 
+config_app = typer.Typer(
+    help="Check the config file.\n\nExample: mailmirror config check",
+    no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(config: ConfigOpt = None, debug: DebugOpt = False) -> None:
+    """List every problem of the config file (sync profiles and [failover]), each with its line.
+
+    Example: mailmirror config check --config ~/.config/mailmirror/config.toml
+
+    Exit codes: 0 clean, 2 problems found (or the file cannot be read).
+    """
+    from mailmirror import paths
+    from mailmirror.configcheck import check_file
+    from mailmirror.errors import EXIT_USAGE
+
+    path = config or paths.default_config_path()
+    try:
+        problems = check_file(path)
+    except MailmirrorError as exc:
+        _fail(exc, debug)
+    for problem in problems:
+        print(f"{path}:{problem.line}: {problem.message}")
+    if problems:
+        print(f"mailmirror: {len(problems)} problem(s) in {path}", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE)
+    print(f"{path}: ok")
+
+
+@app.command()
+def init(
+    role: Annotated[str, typer.Option(
+        "--role", help="server (main), backup or desktop (laptops too).")],
+    output: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--output", help="File to write (default: $MAILMIRROR_CONFIG or the XDG config dir).")]
+    = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a commented starter config for one role of the classic setup.
+
+    \b
+    Examples:
+      mailmirror init --role desktop
+      mailmirror init --role backup --output /etc/mailmirror/config.toml
+    """
+    from mailmirror import paths
+    from mailmirror.starter import write_starter
+
+    path = output or paths.default_config_path()
+    try:
+        write_starter(role, path, force)
+    except (MailmirrorError, OSError) as exc:
+        if isinstance(exc, OSError):
+            exc = MailmirrorError(f"cannot write {exc.filename or path}: {exc.strerror or exc}")
+        _fail(exc, debug)
+    print(f"wrote {path}: edit it, then run `mailmirror config check --config {path}`")
+
+
 def main() -> None:
     app()
