@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path, PurePath
 from typing import TypeVar
+
+from mailmirror import crashpoint
+from mailmirror.maildir.fsops import is_process_alive
 
 P = TypeVar("P", bound=PurePath)
 
@@ -18,6 +22,7 @@ MAILDIRPP = "maildir++"
 FS = "fs"
 LAYOUTS = (MAILDIRPP, FS)
 SUBDIRS = ("cur", "new", "tmp")
+_STAGE = "mailmirror-folder-"  # + PID@HOST-NAME: a folder being built in the root's tmp/
 
 
 class InvalidFolder(ValueError):
@@ -85,21 +90,44 @@ def create_folder(root: Path, folder: str, layout: str = MAILDIRPP) -> Path:
     if folder != INBOX and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # staged in the root's tmp/ (same file system, never listed as a folder)
-        staged = root / "tmp" / f"mailmirror-folder-{os.getpid()}-{path.name}"
+        _remove_stale_stages(root / "tmp")
+        staged = root / "tmp" / f"{_STAGE}{os.getpid()}@{_host()}-{path.name}"
         shutil.rmtree(staged, ignore_errors=True)
         _fill(staged, with_marker=True)
         try:
             os.rename(staged, path)
+            crashpoint.after("rename folder")
         except OSError:
             shutil.rmtree(staged, ignore_errors=True)  # created meanwhile: complete it below
     _fill(path, with_marker=folder != INBOX)
     return path
 
 
+def _remove_stale_stages(tmp: Path) -> None:
+    """Remove folders staged by runs on this host that were killed before renaming them
+    (found by the crash-point sweep: they stayed in tmp/ for ever)."""
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return
+    for name in names:
+        pid, _, rest = name.removeprefix(_STAGE).partition("@")
+        if (name.startswith(_STAGE) and pid.isdigit() and rest.startswith(_host() + "-")
+                and not is_process_alive(int(pid))):
+            shutil.rmtree(tmp / name, ignore_errors=True)
+
+
+def _host() -> str:
+    return socket.gethostname().replace("/", "_").replace("@", "_")
+
+
 def _fill(path: Path, with_marker: bool) -> None:
     for sub in SUBDIRS:
-        (path / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not (path / sub).is_dir():
+            (path / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+            crashpoint.after("mkdir")
     if with_marker:
         marker = path / "maildirfolder"
         if not marker.exists():
             marker.touch(mode=0o600)
+            crashpoint.after("create marker")

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from mailmirror import crashpoint
 from mailmirror.errors import ReplicaError
 from mailmirror.maildir import keywords as kw
 from mailmirror.maildir.folders import (
@@ -27,7 +28,12 @@ from mailmirror.maildir.folders import (
     folder_dir,
     list_folders,
 )
-from mailmirror.maildir.fsops import fsync_dir, rename_noreplace, sync_filesystem
+from mailmirror.maildir.fsops import (
+    fsync_dir,
+    is_process_alive,
+    rename_noreplace,
+    sync_filesystem,
+)
 from mailmirror.maildir.names import check_name
 from mailmirror.maildir.tombstones import (
     TOMBSTONES_FILE,
@@ -148,6 +154,7 @@ class LocalReplica:
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()
+        crashpoint.after("append tombstones")
         if size > TOMBSTONE_REWRITE_BYTES:
             self._prune_tombstones(path, now)
 
@@ -167,11 +174,13 @@ class LocalReplica:
                 return False
             for sub in ("cur", "new", "tmp"):
                 os.rmdir(path / sub)
+                crashpoint.after("rmdir")
             for name in os.listdir(path):
                 if name == "maildirfolder" or name.startswith(("dovecot", "courierimap",
                                                               "maildirsize")):
                     os.unlink(path / name)
             os.rmdir(path)
+            crashpoint.after("rmdir")
         except OSError:
             return False
         return True
@@ -218,6 +227,7 @@ class LocalReplica:
             return results
         try:
             sync_filesystem(str(self.root))
+            crashpoint.after("syncfs")
         except OSError as exc:
             for i, tmp, _ in staged:
                 _unlink_quietly(tmp)
@@ -227,6 +237,7 @@ class LocalReplica:
         for i, tmp, target in staged:
             try:
                 rename_noreplace(tmp, target)
+                crashpoint.after("publish")
                 touched.add(os.path.dirname(target))
             except FileExistsError:
                 _unlink_quietly(tmp)
@@ -244,6 +255,7 @@ class LocalReplica:
             try:
                 source, target = self._path(item.source), self._path(item.target)
                 rename_noreplace(source, target)
+                crashpoint.after("rename")
                 touched.update((os.path.dirname(source), os.path.dirname(target)))
                 results.append(OK)
             except FileNotFoundError:
@@ -262,6 +274,7 @@ class LocalReplica:
             try:
                 path = self._path(ref)
                 os.unlink(path)
+                crashpoint.after("unlink")
                 touched.add(os.path.dirname(path))
                 results.append(OK)
             except FileNotFoundError:
@@ -315,6 +328,7 @@ class LocalReplica:
         for path in dirs:
             try:
                 fsync_dir(path)
+                crashpoint.after("fsync dir")
             except OSError as exc:
                 # the renames happened but may not survive a power cut: say so, keep going
                 for i, result in enumerate(results):
@@ -391,6 +405,7 @@ def _read_or_create_id(root: Path, readonly: bool = False) -> str:
     try:
         _write_new(str(tmp), (new_id + "\n").encode(), durable=True)
         rename_noreplace(str(tmp), str(path))
+        crashpoint.after("rename id")
         fsync_dir(str(root))
     except FileExistsError:
         os.unlink(tmp)
@@ -404,13 +419,16 @@ def _write_new(path: str, data: bytes, durable: bool = False, mode: int = 0o600,
                mtime_ns: int | None = None) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
+        crashpoint.after("create")
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
         if mtime_ns is not None:
             os.utime(fd, ns=(mtime_ns, mtime_ns))
+        crashpoint.after("write")
         if durable:
             os.fsync(fd)
+            crashpoint.after("fsync")
     except BaseException:
         os.close(fd)
         _unlink_quietly(path)
@@ -428,18 +446,8 @@ def _remove_stale_tmp(tmp_dir: str, host: str) -> None:
         if not name.endswith(f".{host}{TMP_SUFFIX}"):
             continue
         pid = name.split("P", 1)[-1].split(".", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not is_process_alive(int(pid)):
             _unlink_quietly(os.path.join(tmp_dir, name))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _mtime(path: Path) -> int:
