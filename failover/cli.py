@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from failover.engine import Report
     from failover.state import State
 
-app = typer.Typer(add_completion=False, no_args_is_help=True)
+app = typer.Typer(add_completion=True, no_args_is_help=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
