@@ -49,6 +49,8 @@ def kind_of(path: Path) -> str | None:
         return "authorized_keys"
     if name.endswith(("-wrapper", ".sh")):
         return "shell"
+    if name.endswith("muttrc"):
+        return "muttrc"
     return None
 
 
@@ -234,6 +236,19 @@ def check_shell(path: Path) -> list[str]:
     return [] if run.returncode == 0 else [f"dash -n: {run.stderr}"]
 
 
+def check_muttrc(path: Path) -> list[str]:
+    """neomutt reads it (against an empty ~/Maildir) without a single complaint."""
+    neomutt = require("neomutt")
+    with tempfile.TemporaryDirectory() as home:
+        for sub in ("cur", "new", "tmp"):
+            (Path(home) / "Maildir" / sub).mkdir(parents=True)
+        run = subprocess.run([neomutt, "-n", "-F", str(path), "-Q", "folder"],
+                             env={"HOME": home, "PATH": "/usr/bin:/bin", "TERM": "dumb"},
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    ok = run.returncode == 0 and not run.stderr and run.stdout.startswith("set folder")
+    return [] if ok else [f"neomutt: {run.stdout}{run.stderr}"]
+
+
 CHECKERS: dict[str, Callable[[Path], list[str]]] = {
     "config": check_config,
     "zone": check_zone,
@@ -243,4 +258,5 @@ CHECKERS: dict[str, Callable[[Path], list[str]]] = {
     "sudoers": check_sudoers,
     "authorized_keys": check_authorized_keys,
     "shell": check_shell,
+    "muttrc": check_muttrc,
 }

@@ -82,11 +82,11 @@ def _is_run(part: list[str], whole: list[str]) -> bool:
 
 def test_the_marker_check_can_fail(tmp_path: Path) -> None:
     doc = tmp_path / "x.md"
-    doc.write_text("<!-- example: docs/examples/cron/desktop.crontab -->\n```crontab\nx\n```\n"
+    doc.write_text("<!-- example: docs/examples/desktop/crontab -->\n```crontab\nx\n```\n"
                    "```toml\na = 1\n```\n")
     blocks = fenced_blocks(doc)
     assert [(b[0], b[1], b[3]) for b in blocks] == [
-        (2, "crontab", ("example", "docs/examples/cron/desktop.crontab")), (5, "toml", None)]
+        (2, "crontab", ("example", "docs/examples/desktop/crontab")), (5, "toml", None)]
 
 
 WRAPPER = EXAMPLES / "ssh" / "mailmirror-agent-wrapper"
