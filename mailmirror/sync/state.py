@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from mailmirror import crashpoint
 from mailmirror.replica.base import Replica, Stamp
 from mailmirror.store import Store
 from mailmirror.sync.model import Entry
@@ -153,6 +154,18 @@ class SyncState:
             "WHERE id_low=? OR id_high=?", (replica_id, replica_id)).fetchall()
         return [PairInfo(*r, False) for r in rows]
 
+    def ids_seen_at(self, label: str) -> set[str]:
+        """The replica ids that `label` (a path or address) reached in earlier syncs."""
+        rows = self.conn.execute(
+            "SELECT id_low FROM sync_pair WHERE label_low=? "
+            "UNION SELECT id_high FROM sync_pair WHERE label_high=?", (label, label))
+        return {rid for (rid,) in rows}
+
+    def base_count(self, pair_id: int) -> int:
+        """How many messages the pair held in common after its last sync."""
+        return self.conn.execute(
+            "SELECT COUNT(*) FROM sync_base WHERE pair_id=?", (pair_id,)).fetchone()[0]
+
     def moved_labels(self, a: Replica, b: Replica) -> list[str]:
         """One line per side whose address now reaches another replica than it used to.
 
@@ -230,6 +243,7 @@ class SyncState:
             self.conn.executemany(
                 "INSERT OR REPLACE INTO sync_base (pair_id, key, folder, subdir, flags, size, "
                 "name_low, name_high) VALUES (?,?,?,?,?,?,?,?)", upserts)
+        crashpoint.after("record base")
 
     def write_folders(self, pair_id: int, rows: dict[tuple[str, str], FolderRow | None]) -> None:
         with self.conn:
@@ -245,6 +259,7 @@ class SyncState:
                         "INSERT OR REPLACE INTO sync_folder VALUES (?,?,?,?,?,?)",
                         (pair_id, folder, side, stamp and stamp.cur, stamp and stamp.new,
                          int(row.trusted)))
+        crashpoint.after("record folders")
 
     def start_run(self, pair_id: int) -> int:
         cur = self.conn.execute(
