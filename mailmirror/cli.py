@@ -20,6 +20,7 @@ import typer
 from mailmirror.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, MailmirrorError, StoreError
 
 if TYPE_CHECKING:
+    from mailmirror.jobs import Job, Settings
     from mailmirror.transport.options import SshOptions
 
 app = typer.Typer(
@@ -47,6 +48,17 @@ def _fail(exc: BaseException, debug: bool) -> None:
     print(f"mailmirror: {message}", file=sys.stderr)
     code = exc.exit_code if isinstance(exc, MailmirrorError) else EXIT_FATAL
     raise typer.Exit(code)
+
+
+def _user_error(exc: BaseException) -> BaseException:
+    """The one-line form of database and OS errors (MailmirrorErrors are one line already)."""
+    if isinstance(exc, sqlite3.Error):
+        return StoreError(f"state database is damaged ({exc}); it was left untouched: move "
+                          "it aside and the next sync starts safely from scratch (no "
+                          "deletions), or use --state PATH")
+    if isinstance(exc, OSError):
+        return MailmirrorError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+    return exc
 
 
 @app.command()
@@ -106,13 +118,7 @@ def sync(
         code = _sync(a, b, dry_run, prefer, full, allow_empty, layout, separator, lock_timeout,
                      state, config, json_out, ssh, remote)
     except (MailmirrorError, OSError, sqlite3.Error) as exc:
-        if isinstance(exc, sqlite3.Error):
-            exc = StoreError(f"state database is damaged ({exc}); it was left untouched: move "
-                             "it aside and the next sync starts safely from scratch (no "
-                             "deletions), or use --state PATH")
-        elif isinstance(exc, OSError):
-            exc = MailmirrorError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
-        _fail(exc, debug)
+        _fail(_user_error(exc), debug)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     raise typer.Exit(code)
@@ -121,14 +127,32 @@ def sync(
 def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_empty: bool,
           layout: str, separator: str, lock_timeout: float, state: Path | None,
           config: Path | None, json_out: bool, ssh: SshOptions, remote: str | None) -> int:
+    from mailmirror.jobs import Runner
+    from mailmirror.report import Reporter
+
+    jobs, settings = _prepare(a, b, dry_run, prefer, full, allow_empty, layout, separator,
+                              lock_timeout, state, config, ssh, remote)
+    reporter = Reporter(json_out=json_out, tty=sys.stderr.isatty())
+    reports = []
+    with reporter.progress() as progress, Runner(settings, reporter.notice, progress) as runner:
+        for job in jobs:
+            reports.append(runner.run(job))
+    reporter.finish(reports)
+    return EXIT_PARTIAL if any(r.skipped for r in reports) else EXIT_OK
+
+
+def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_empty: bool,
+             layout: str, separator: str, lock_timeout: float, state: Path | None,
+             config: Path | None, ssh: SshOptions, remote: str | None
+             ) -> tuple[list[Job], Settings]:
+    """The jobs and settings of a sync or watch: two maildirs, or a profile of the config."""
     from dataclasses import replace
 
     from mailmirror import paths
     from mailmirror.errors import UsageError
-    from mailmirror.jobs import Job, Runner, Settings
+    from mailmirror.jobs import Job, Settings
     from mailmirror.maildir.folders import LAYOUTS
     from mailmirror.maildir.names import SEPARATORS
-    from mailmirror.report import Reporter
     from mailmirror.sync.engine import SyncOptions
     from mailmirror.sync.model import Side
 
@@ -154,17 +178,77 @@ def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_e
         raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     if separator not in SEPARATORS:
         raise UsageError(f"--separator must be one of {' '.join(SEPARATORS)}")
-    reporter = Reporter(json_out=json_out, tty=sys.stderr.isatty())
     options = SyncOptions(prefer=Side(prefer), dry_run=dry_run, full=full,
                           allow_empty=allow_empty)
-    settings = Settings(state or paths.default_state_path(), options, ssh, layout, separator,
-                        lock_timeout, timeout, remote)
-    reports = []
-    with reporter.progress() as progress, Runner(settings, reporter.notice, progress) as runner:
-        for job in jobs:
-            reports.append(runner.run(job))
-    reporter.finish(reports)
-    return EXIT_PARTIAL if any(r.skipped for r in reports) else EXIT_OK
+    return jobs, Settings(state or paths.default_state_path(), options, ssh, layout, separator,
+                          lock_timeout, timeout, remote)
+
+
+@app.command()
+def watch(
+    a: Annotated[str, typer.Argument(help="First maildir, or a profile name from the config.")],
+    b: Annotated[Optional[str], typer.Argument(help="Second maildir.")] = None,  # noqa: UP045
+    interval: Annotated[float, typer.Option(
+        help="Seconds between backstop syncs of everything (missed events, a preferred "
+        "remote back).")] = 600.0,
+    poll: Annotated[float, typer.Option(
+        help="Seconds between polls where file events are unavailable (SFTP remotes).")]
+    = 5.0,
+    prefer: Annotated[str, typer.Option(
+        "--prefer", help="Side that wins when both moved a message differently: a or b.")] = "a",
+    allow_empty: Annotated[bool, typer.Option(
+        "--allow-empty", help="Sync even if one side suddenly holds no mail at all.")] = False,
+    layout: Annotated[str, typer.Option(help="Folder layout: maildir++ or fs.")] = "maildir++",
+    separator: Annotated[str, typer.Option(help="Info separator in file names: ':' ';' '!'.")]
+    = ":",
+    lock_timeout: Annotated[float, typer.Option(
+        help="Seconds to wait for a cron sync of the same pair before retrying later.")]
+    = 5.0,
+    ssh_config: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="ssh_config file (default ~/.ssh/config).")] = None,
+    identity: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Private key for SSH (default: ssh-agent and ~/.ssh/id_*).")] = None,
+    known_hosts: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="known_hosts file (default ~/.ssh/known_hosts).")] = None,
+    remote_command: Annotated[str, typer.Option(
+        help="How to start the agent on the remote; the maildir path is appended, quoted.")]
+    = "mailmirror agent",
+    remote: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--remote", help="With a profile: use this remote (host or address) only.")] = None,
+    sftp: Annotated[bool, typer.Option(
+        "--sftp", help="Reach remotes over SFTP (polled) even if mailmirror is installed.")]
+    = False,
+    state: StateOpt = None,
+    config: ConfigOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Keep two maildirs in sync live, both ways, until stopped (SIGINT/SIGTERM: exit 0).
+
+    Syncs everything at start, then within about a second of any change on either side
+    (file events here, the agent's events on a remote), and everything every --interval
+    seconds. A lost remote is retried with backoff, trying a profile's remotes in order.
+    Logs one line per state change to stderr, with timestamps when not on a terminal.
+
+    \b
+    Examples:
+      mailmirror watch ~/Maildir backup.example.org:Maildir
+      mailmirror watch laptop            (a [profile.laptop] in the config)
+
+    \b
+    Exit codes: 0 stopped by a signal, 2 usage/config error, 3 fatal (state store).
+    """
+    try:
+        from mailmirror.transport.options import SshOptions
+
+        ssh = SshOptions(ssh_config, identity, known_hosts, remote_command, sftp=sftp)
+        jobs, settings = _prepare(a, b, False, prefer, False, allow_empty, layout, separator,
+                                  lock_timeout, state, config, ssh, remote)
+        from mailmirror.watch.run import watch_forever
+
+        code = watch_forever(jobs, settings, interval, poll, tty=sys.stderr.isatty())
+    except (MailmirrorError, OSError, sqlite3.Error) as exc:
+        _fail(_user_error(exc), debug)
+    raise typer.Exit(code)
 
 
 @app.command()

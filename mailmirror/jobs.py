@@ -47,6 +47,16 @@ class Settings:
     only_remote: str | None = None
 
 
+@dataclass
+class Pair:
+    """Both sides of a job, open: `b_address` is the candidate that answered."""
+
+    job: Job
+    a: Replica
+    b: Replica
+    b_address: str
+
+
 class Runner:
     """Owns the SSH sessions of one invocation; use as a context manager."""
 
@@ -55,52 +65,74 @@ class Runner:
         self.settings = settings
         self.notice = notice
         self.progress = progress
-        self.stack = contextlib.ExitStack()
         self.sessions: dict[tuple[str, int | None, str | None], SshSession] = {}
+        self.opened: list[tuple[Replica, tuple[str, int | None, str | None] | None]] = []
 
     def __enter__(self) -> Runner:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stack.close()
+        for replica, key in reversed(self.opened):
+            if key is None or key in self.sessions:
+                with contextlib.suppress(ReplicaError):
+                    replica.close()
+        self.opened.clear()
+        for session in list(self.sessions.values()):
+            session.close()
+        self.sessions.clear()
 
     def run(self, job: Job) -> SyncReport:
+        return self.sync_pair(self.open_pair(job))
+
+    def candidates(self, job: Job) -> list[str]:
+        """The job's Bs that --remote allows, in the order they are tried."""
         s = self.settings
-        candidates = [c for c in job.candidates if _matches(c, s.only_remote)]
-        if not candidates:
+        found = [c for c in job.candidates if _matches(c, s.only_remote)]
+        if not found:
             raise UsageError(f"--remote {s.only_remote!r} matches none of "
                              f"{', '.join(job.candidates)}")
+        return found
+
+    def open_pair(self, job: Job, first: int = 0) -> Pair:
+        """Open A and the first B that answers, trying candidates from index `first` on."""
+        candidates = self.candidates(job)[first:]
         for address in (job.a, *candidates):
             parsed = parse_address(address)
             if isinstance(parsed, str):
-                check_local(parsed, s.layout)
-        a = self._open(job.a, job.remote_command)
-        b = self._first_answering(candidates, job.remote_command)
-        with open_store(s.state_path, readonly=s.options.dry_run) as store, \
-                pair_lock(s.state_path, a.id, b.id, s.lock_timeout):
-            state = SyncState(store)
-            for line in state.moved_labels(a, b):
-                self.notice(line)
-            return sync(a, b, state, replace(s.options, progress=self.progress))
-
-    def _first_answering(self, candidates: list[str], command: str | None) -> Replica:
+                check_local(parsed, self.settings.layout)
+        a = self.open(job.a, job.remote_command)
         for i, address in enumerate(candidates):
             try:
-                return self._open(address, command)
+                return Pair(job, a, self.open(address, job.remote_command), address)
             except ReplicaError as exc:
                 if i + 1 == len(candidates):
                     raise
                 self.notice(f"{exc}; trying {candidates[i + 1]}")
         raise AssertionError("no candidates")
 
-    def _open(self, address: str, command: str | None) -> Replica:
+    def sync_pair(self, pair: Pair, options: SyncOptions | None = None) -> SyncReport:
+        """One sync run of an open pair, under the pair lock."""
+        s = self.settings
+        options = replace(options or s.options, progress=self.progress)
+        with open_store(s.state_path, readonly=options.dry_run) as store, \
+                pair_lock(s.state_path, pair.a.id, pair.b.id, s.lock_timeout):
+            state = SyncState(store)
+            for line in state.moved_labels(pair.a, pair.b):
+                self.notice(line)
+            return sync(pair.a, pair.b, state, options)
+
+    def open(self, address: str, command: str | None) -> Replica:
+        """A replica at `address`: local, or over this runner's SSH session to its host."""
         s = self.settings
         readonly = s.options.dry_run
         parsed = parse_address(address)
         if isinstance(parsed, str):
-            return open_local(parsed, s.layout, s.separator, readonly=readonly)
+            replica: Replica = open_local(parsed, s.layout, s.separator, readonly=readonly)
+            self.opened.append((replica, None))
+            return replica
         from mailmirror.transport.ssh import AgentMissing
 
+        key = _key(parsed)
         session = self._session(parsed)
         if s.ssh.sftp:
             return session.open_sftp(parsed.path, s.layout, s.separator, readonly)
@@ -111,21 +143,42 @@ class Runner:
             self.notice(f"{exc.args[0].split(':')[0]}: no mailmirror agent there, using SFTP "
                         "(slower; install mailmirror on the remote for speed)")
             return session.open_sftp(parsed.path, s.layout, s.separator, readonly)
-        self.stack.callback(replica.close)
+        self.opened.append((replica, key))
         return replica
+
+    def close(self, replica: Replica) -> None:
+        """Close one replica opened here before the runner ends (a remote given up)."""
+        for i, (opened, key) in enumerate(self.opened):
+            if opened is replica:
+                del self.opened[i]
+                if key is None or key in self.sessions:
+                    with contextlib.suppress(ReplicaError):
+                        replica.close()
+                return
+
+    def drop(self, address: str) -> None:
+        """Forget the SSH session behind `address` (it failed); the next open() reconnects."""
+        parsed = parse_address(address)
+        if isinstance(parsed, str):
+            return
+        session = self.sessions.pop(_key(parsed), None)
+        if session is not None:
+            session.close()
 
     def _session(self, remote: Remote) -> SshSession:
         from mailmirror.transport.ssh import SshSession
 
-        key = (remote.host, remote.port, remote.user)
+        key = _key(remote)
         if key not in self.sessions:
             ssh = self.settings.ssh
             if self.settings.connect_timeout is not None:
                 ssh = replace(ssh, connect_timeout=self.settings.connect_timeout)
-            session = SshSession(remote, ssh)
-            self.stack.callback(session.close)
-            self.sessions[key] = session
+            self.sessions[key] = SshSession(remote, ssh)
         return self.sessions[key]
+
+
+def _key(remote: Remote) -> tuple[str, int | None, str | None]:
+    return (remote.host, remote.port, remote.user)
 
 
 def _matches(address: str, wanted: str | None) -> bool:

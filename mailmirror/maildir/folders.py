@@ -131,3 +131,38 @@ def _fill(path: Path, with_marker: bool) -> None:
         if not marker.exists():
             marker.touch(mode=0o600)
             crashpoint.after("create marker")
+
+
+
+def folder_of_path(parts: tuple[str, ...], is_dir: bool, layout: str = MAILDIRPP) -> str | None:
+    """The folder a changed path (split, relative to the root) belongs to, for file-event hints.
+
+    A file in cur/ or new/ is a change of its folder; a folder directory (or its cur/, new/)
+    appearing or going is a change of that folder. tmp/, Dovecot's index files and everything
+    else are noise: None. So is a name that is no valid folder (the periodic sync still looks).
+    """
+    if layout == MAILDIRPP:
+        if parts and not parts[0].startswith("."):
+            parts = ("",) + parts  # INBOX: the root itself
+        if (len(parts) == 1 and is_dir) or (len(parts) == 2 and parts[1] in ("cur", "new")):
+            pass  # the folder directory, or its cur/ or new/
+        elif len(parts) == 3 and parts[1] in ("cur", "new") and not is_dir:
+            pass  # a message file
+        else:
+            return None
+        folder = parts[0][1:].replace(".", "/") or INBOX
+    else:
+        if parts and parts[-1] in ("cur", "new"):
+            parts = parts[:-1]
+        elif len(parts) >= 2 and parts[-2] in ("cur", "new") and not is_dir:
+            parts = parts[:-2]
+        elif not is_dir or not parts:
+            return None
+        if any(p in SUBDIRS or p.startswith(".") for p in parts):
+            return None
+        folder = "/".join(parts) or INBOX
+    try:
+        check_folder(folder, layout)
+    except InvalidFolder:
+        return None
+    return folder

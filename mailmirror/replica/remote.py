@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 from mailmirror.errors import ReplicaError
@@ -65,6 +65,7 @@ class AgentReplica:
                                f"this client {VERSION}: install the same mailmirror version there")
         self.remote_root = str(hello.get("label", ""))
         self._id: str | None = None
+        self._watching = False
 
     @property
     def id(self) -> str:
@@ -235,11 +236,46 @@ class AgentReplica:
         raw = self._call("delete", refs=[[r.folder, r.relname] for r in refs])
         return self._results(raw, len(refs))
 
+    def watch(self) -> Iterator[set[str] | None]:
+        """Turn this connection into the agent's change notifications (live mode).
+
+        Yields the set of folders that changed, or None when the agent's kernel dropped events
+        (sync everything). Blocks between events; the agent sends a heartbeat (an empty set)
+        every few seconds of quiet. Raises ReplicaError when the connection ends or the agent
+        cannot watch; after watch() the replica serves nothing else.
+        """
+        self._call("watch")
+        self._watching = True
+        while True:
+            try:
+                frame = read_frame(self.channel.read_exactly)
+            except TruncatedFrame:
+                frame = None
+            except ProtocolError as exc:
+                raise self._bad(f"notification ({exc})") from None
+            if frame is None:
+                raise ReplicaError(f"{self.label}: the agent's watch connection ended")
+            header = frame.header
+            if not header.get("ok"):
+                raise ReplicaError(f"{self.label}: {header.get('error', 'agent error')}")
+            event = header.get("event")
+            if event == "overflow":
+                yield None
+            elif event == "alive":
+                yield set()
+            elif event == "changed" and isinstance(header.get("folders"), list):
+                for folder in header["folders"]:
+                    self._check_folder(folder)
+                yield set(header["folders"])
+            else:
+                raise self._bad("notification")
+
     def close(self) -> None:
-        try:
-            self._call("bye")
-        except ReplicaError:
-            pass
+        if not self._watching:  # a watching agent reads nothing more: EOF is its bye
+            try:
+                self._call("bye")
+            except ReplicaError:
+                pass
         self.channel.close()
 
     # -- checks on what the agent sends --------------------------------------------------

@@ -51,6 +51,7 @@ class SyncOptions:
     batch_count: int = 1000
     batch_bytes: int = 4 << 20
     progress: ProgressFn | None = None
+    should_stop: Callable[[], bool] | None = None  # checked between slices (watch shutdown)
 
 
 @dataclass
@@ -66,10 +67,11 @@ class SyncReport:
     seconds: float = 0.0
     plan: Plan | None = None
     dry_run: bool = False
+    stopped: bool = False
 
     @property
     def outcome(self) -> str:
-        return "partial" if self.skipped else "ok"
+        return "stopped" if self.stopped else "partial" if self.skipped else "ok"
 
     def to_json(self) -> dict:
         return {
@@ -151,6 +153,9 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
         # Plan and act in slices of keys: decisions are independent per key, and memory then
         # holds one slice of plan, not a whole first sync's.
         for at in range(0, len(keys), PLAN_SLICE):
+            if options.should_stop is not None and options.should_stop():
+                report.stopped = True  # every finished slice is recorded; the rest waits
+                break
             chunk = keys[at:at + PLAN_SLICE]
             plan = plan_of(chunk)
             report.conflicts.extend(plan.conflicts)
@@ -158,7 +163,7 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
             executor.forget(chunk)
             if options.progress:
                 options.progress("sync", at + len(chunk), len(keys))
-        executor.finish()
+        executor.finish(complete=not report.stopped)
         outcome = report.outcome
     finally:
         report.seconds = time.monotonic() - started
@@ -273,11 +278,15 @@ class _Executor:
             for key in keys:
                 locs.pop(key, None)
 
-    def finish(self) -> None:
-        self._remove_deleted_folders()
+    def finish(self, complete: bool = True) -> None:
+        """Record what the run did; an incomplete run leaves folder stamps alone, so the next
+        run lists those folders again."""
+        if complete:
+            self._remove_deleted_folders()
         for s in Side:
             self.replicas[s].add_tombstones(self.tombs[s])
-        self._record_folders()
+        if complete:
+            self._record_folders()
         self.report.notices.extend(self.codec.problems)
 
     def _done(self, i: int, action: object, result: Result) -> None:

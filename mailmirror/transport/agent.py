@@ -184,6 +184,12 @@ def serve(root: str, stdin: BinaryIO, stdout: BinaryIO) -> int:
         if op == "bye":
             _send(stdout, {"id": rid, "ok": True, "result": None})
             return 0
+        if op == "watch" and agent.replica is not None:
+            # the connection becomes a stream of change notifications (live mode)
+            from mailmirror.watch.stream import HEARTBEAT, stream_changes
+
+            _send(stdout, {"id": rid, "ok": True, "result": {"heartbeat": HEARTBEAT}})
+            return stream_changes(agent.replica, rid, stdin, stdout)
         try:
             result, data = agent.handle(str(op), frame.header, frame.data)
             _send(stdout, {"id": rid, "ok": True, "result": result}, data)

@@ -1,0 +1,1 @@
+"""Live mode: file events on both sides turn into prompt syncs (docs/watch.md)."""

@@ -1,0 +1,125 @@
+"""File-event hints for live mode: which folders of a local maildir changed.
+
+watchdog (inotify on Linux) watches the root recursively, asking the kernel only for creates,
+deletes and renames, so mail clients reading messages cost nothing. Each event is mapped to a
+folder (maildir.folders.folder_of_path); tmp/ and Dovecot's index files are dropped. Events are
+hints: the sync that follows lists the folders itself. Lost events are made visible: an inotify
+queue overflow calls on_overflow (the caller then syncs everything), and a watch limit reached
+at start raises WatchLimit.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+from mailmirror.maildir.folders import MAILDIRPP, folder_of_path
+
+EVENTS = [FileCreatedEvent, DirCreatedEvent, FileDeletedEvent, DirDeletedEvent, FileMovedEvent,
+          DirMovedEvent]
+
+
+class WatchLimit(OSError):
+    """The kernel refused more inotify watches or instances; events cannot be trusted."""
+
+
+class _Overflow(logging.Handler):
+    """watchdog reports a kernel queue overflow only as a log record: turn it into a call."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.listeners: list[Callable[[], None]] = []
+        self.lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            with self.lock:
+                listeners = list(self.listeners)
+            for listener in listeners:
+                listener()
+
+
+_overflow = _Overflow()
+logging.getLogger("watchdog.observers.inotify_c").addHandler(_overflow)
+logging.getLogger("watchdog.observers.inotify").addHandler(_overflow)
+
+
+class FolderWatcher:
+    """Calls on_change({folder, ...}) from watchdog's thread when folders of `root` change."""
+
+    def __init__(self, root: Path, layout: str, on_change: Callable[[set[str]], None],
+                 on_overflow: Callable[[], None]) -> None:
+        self.root = os.fspath(root)
+        self.layout = layout
+        self.on_change = on_change
+        self.on_overflow = on_overflow
+        self._observer: Observer | None = None
+
+    def start(self) -> None:
+        """Start watching; raises WatchLimit when the kernel has no watches left."""
+        handler = _Handler(self)
+        observer = Observer()
+        observer.schedule(handler, self.root, recursive=True, event_filter=EVENTS)
+        with _overflow.lock:
+            _overflow.listeners.append(self.on_overflow)
+        try:
+            observer.start()
+        except OSError as exc:
+            self._forget_overflow()
+            if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                raise WatchLimit(exc.errno, f"{exc.strerror}: raise the limit with sysctl "
+                                 "fs.inotify.max_user_watches / max_user_instances") from None
+            raise
+        self._observer = observer
+
+    def stop(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            self._forget_overflow()
+            observer.stop()
+            observer.join(timeout=5)
+
+    def _forget_overflow(self) -> None:
+        with _overflow.lock:
+            if self.on_overflow in _overflow.listeners:
+                _overflow.listeners.remove(self.on_overflow)
+
+    def folders_of(self, event: FileSystemEvent) -> set[str]:
+        out = set()
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            if not path:
+                continue
+            rel = os.path.relpath(os.fsdecode(path), self.root)
+            if rel == "." or rel.startswith(".." + os.sep):
+                continue
+            folder = folder_of_path(tuple(rel.split(os.sep)), event.is_directory,
+                                    self.layout or MAILDIRPP)
+            if folder is not None:
+                out.add(folder)
+        return out
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: FolderWatcher) -> None:
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        folders = self.watcher.folders_of(event)
+        if folders:
+            self.watcher.on_change(folders)
