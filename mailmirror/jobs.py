@@ -66,14 +66,14 @@ class Runner:
         self.notice = notice
         self.progress = progress
         self.sessions: dict[tuple[str, int | None, str | None], SshSession] = {}
-        self.opened: list[tuple[Replica, tuple[str, int | None, str | None] | None]] = []
+        self.opened: list[tuple[Replica, SshSession | None]] = []  # and the session it uses
 
     def __enter__(self) -> Runner:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for replica, key in reversed(self.opened):
-            if key is None or key in self.sessions:
+        for replica, session in reversed(self.opened):
+            if self._alive(session):
                 with contextlib.suppress(ReplicaError):
                     replica.close()
         self.opened.clear()
@@ -132,7 +132,6 @@ class Runner:
             return replica
         from mailmirror.transport.ssh import AgentMissing
 
-        key = _key(parsed)
         session = self._session(parsed)
         if s.ssh.sftp:
             return session.open_sftp(parsed.path, s.layout, s.separator, readonly)
@@ -143,18 +142,22 @@ class Runner:
             self.notice(f"{exc.args[0].split(':')[0]}: no mailmirror agent there, using SFTP "
                         "(slower; install mailmirror on the remote for speed)")
             return session.open_sftp(parsed.path, s.layout, s.separator, readonly)
-        self.opened.append((replica, key))
+        self.opened.append((replica, session))
         return replica
 
     def close(self, replica: Replica) -> None:
         """Close one replica opened here before the runner ends (a remote given up)."""
-        for i, (opened, key) in enumerate(self.opened):
+        for i, (opened, session) in enumerate(self.opened):
             if opened is replica:
                 del self.opened[i]
-                if key is None or key in self.sessions:
+                if self._alive(session):
                     with contextlib.suppress(ReplicaError):
                         replica.close()
                 return
+
+    def _alive(self, session: SshSession | None) -> bool:
+        """Whether a replica's connection is still open (a dropped one cannot say bye)."""
+        return session is None or any(s is session for s in self.sessions.values())
 
     def drop(self, address: str) -> None:
         """Forget the SSH session behind `address` (it failed); the next open() reconnects."""
