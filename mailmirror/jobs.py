@@ -175,7 +175,10 @@ class Runner:
         if key not in self.sessions:
             ssh = self.settings.ssh
             if self.settings.connect_timeout is not None:
-                ssh = replace(ssh, connect_timeout=self.settings.connect_timeout)
+                # the profile's timeout also paces keepalives: a link silent for three
+                # of them is dead, and the run ends (exit 3) instead of hanging
+                ssh = replace(ssh, connect_timeout=self.settings.connect_timeout,
+                              keepalive=self.settings.connect_timeout)
             self.sessions[key] = SshSession(remote, ssh)
         return self.sessions[key]
 

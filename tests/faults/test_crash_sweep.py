@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.e2e.conftest import MAILMIRROR
-from tests.e2e.sshkit import deliver, maildir, messages, ssh_args
+from tests.e2e.sshkit import AGENT_COMMAND, deliver, maildir, messages, ssh_args
 from tests.ssh.sshrig import ALIAS, SshRig
 
 FULL = os.environ.get("MAILMIRROR_TEST_SWEEP") == "full"
@@ -161,7 +161,7 @@ def test_client_killed_at_every_file_operation(tmp_path: Path) -> None:
 def test_agent_killed_at_every_file_operation(tmp_path: Path, ssh_rig: SshRig) -> None:
     def args(n: int | None) -> list[str]:
         prefix = "" if n is None else f"env MAILMIRROR_CRASH_AFTER={n} "
-        return ssh_args(ssh_rig, command=f"{prefix}{MAILMIRROR} agent")
+        return ssh_args(ssh_rig, command=prefix + AGENT_COMMAND)
 
     checked = sweep(tmp_path, STRIDE["agent"], lambda w: f"ssh://{ALIAS}{w / 'b'}", args,
                     lambda n: _env(tmp_path))
