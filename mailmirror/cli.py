@@ -21,6 +21,7 @@ from mailmirror.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, MailmirrorError
 
 if TYPE_CHECKING:
     from mailmirror.jobs import Job, Settings
+    from mailmirror.sync.guard import Safety
     from mailmirror.transport.options import SshOptions
 
 app = typer.Typer(
@@ -73,6 +74,16 @@ def sync(
         "--full", help="List every folder even if its directory times are unchanged.")] = False,
     allow_empty: Annotated[bool, typer.Option(
         "--allow-empty", help="Sync even if one side suddenly holds no mail at all.")] = False,
+    allow_mass_delete: Annotated[bool, typer.Option(
+        "--allow-mass-delete", help="Sync even if it deletes more than --max-delete.")] = False,
+    max_delete: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        "--max-delete", help="Stop when a run would delete more than this percentage of a "
+        "side (default 50, or the profile's max_delete).")] = None,
+    accept_new_replica: Annotated[bool, typer.Option(
+        "--accept-new-replica", help="Sync although a known path or address now has no "
+        "mailmirror-id, or another replica that shares no mail.")] = False,
+    quarantine_days: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--quarantine-days", help="Days deleted mail is kept (default 30).")] = None,
     layout: Annotated[str, typer.Option(help="Folder layout: maildir++ or fs.")] = "maildir++",
     separator: Annotated[str, typer.Option(help="Info separator in file names: ':' ';' '!'.")]
     = ":",
@@ -112,11 +123,13 @@ def sync(
     3 fatal (replica or state unusable, or locked).
     """
     try:
+        from mailmirror.sync.guard import Safety
         from mailmirror.transport.options import SshOptions
 
         ssh = SshOptions(ssh_config, identity, known_hosts, remote_command, sftp=sftp)
+        safety = Safety(allow_mass_delete, max_delete, accept_new_replica, quarantine_days)
         code = _sync(a, b, dry_run, prefer, full, allow_empty, layout, separator, lock_timeout,
-                     state, config, json_out, ssh, remote)
+                     state, config, json_out, ssh, remote, safety)
     except (MailmirrorError, OSError, sqlite3.Error) as exc:
         _fail(_user_error(exc), debug)
     except KeyboardInterrupt:
@@ -126,12 +139,13 @@ def sync(
 
 def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_empty: bool,
           layout: str, separator: str, lock_timeout: float, state: Path | None,
-          config: Path | None, json_out: bool, ssh: SshOptions, remote: str | None) -> int:
+          config: Path | None, json_out: bool, ssh: SshOptions, remote: str | None,
+          safety: Safety) -> int:
     from mailmirror.jobs import Runner
     from mailmirror.report import Reporter
 
     jobs, settings = _prepare(a, b, dry_run, prefer, full, allow_empty, layout, separator,
-                              lock_timeout, state, config, ssh, remote)
+                              lock_timeout, state, config, ssh, remote, safety)
     reporter = Reporter(json_out=json_out, tty=sys.stderr.isatty())
     reports = []
     with reporter.progress() as progress, Runner(settings, reporter.notice, progress) as runner:
@@ -143,8 +157,8 @@ def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_e
 
 def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_empty: bool,
              layout: str, separator: str, lock_timeout: float, state: Path | None,
-             config: Path | None, ssh: SshOptions, remote: str | None
-             ) -> tuple[list[Job], Settings]:
+             config: Path | None, ssh: SshOptions, remote: str | None,
+             safety: Safety | None = None) -> tuple[list[Job], Settings]:
     """The jobs and settings of a sync or watch: two maildirs, or a profile of the config."""
     from dataclasses import replace
 
@@ -154,13 +168,17 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
     from mailmirror.maildir.folders import LAYOUTS
     from mailmirror.maildir.names import SEPARATORS
     from mailmirror.sync.engine import SyncOptions
+    from mailmirror.sync.guard import Safety
     from mailmirror.sync.model import Side
 
     timeout = None
+    safety_options = (safety or Safety()).options()
     if b is None:
         from mailmirror.config import load_profile
 
         profile = load_profile(config or paths.default_config_path(), a)
+        safety_options = (safety or Safety()).options(profile.max_delete,
+                                                      profile.quarantine_days)
         jobs = [Job(pa, candidates, command) for pa, candidates, command in profile.pairs]
         layout, separator, prefer = profile.layout, profile.separator, profile.prefer
         timeout = profile.timeout
@@ -179,7 +197,7 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
     if separator not in SEPARATORS:
         raise UsageError(f"--separator must be one of {' '.join(SEPARATORS)}")
     options = SyncOptions(prefer=Side(prefer), dry_run=dry_run, full=full,
-                          allow_empty=allow_empty)
+                          allow_empty=allow_empty, **safety_options)  # type: ignore[arg-type]
     return jobs, Settings(state or paths.default_state_path(), options, ssh, layout, separator,
                           lock_timeout, timeout, remote)
 
@@ -281,10 +299,13 @@ def status(
 @app.command(hidden=False)
 def agent(
     root: Annotated[str, typer.Argument(help="The maildir this agent serves.")],
+    allow_root: Annotated[bool, typer.Option(
+        "--allow-root", help="Started by sudo, serve a maildir that root owns (as root).")] = False,
 ) -> None:
     """Serve ROOT to a remote mailmirror over stdin/stdout (started by `sync` over SSH).
 
-    Not for interactive use: it speaks the binary protocol of docs/protocol.md.
+    Not for interactive use: it speaks the binary protocol of docs/protocol.md. Started as
+    root (sudo), it becomes the owner of ROOT before touching any file (docs/remote.md).
 
     \b
     Example (what the client runs on the remote, over an SSH exec channel):
@@ -292,7 +313,7 @@ def agent(
     """
     from mailmirror.transport.agent import main as agent_main
 
-    raise typer.Exit(agent_main(root))
+    raise typer.Exit(agent_main(root, allow_root))
 
 
 config_app = typer.Typer(
@@ -354,6 +375,63 @@ def init(
             exc = MailmirrorError(f"cannot write {exc.filename or path}: {exc.strerror or exc}")
         _fail(exc, debug)
     print(f"wrote {path}: edit it, then run `mailmirror config check --config {path}`")
+
+
+quarantine_app = typer.Typer(
+    help="List and restore messages a sync deleted (kept for quarantine_days, default 30).\n\n"
+    "Example: mailmirror quarantine list ~/Maildir",
+    no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(quarantine_app, name="quarantine")
+MaildirArg = Annotated[Path, typer.Argument(help="The local maildir root.")]
+LayoutOpt = Annotated[str, typer.Option(help="Folder layout: maildir++ or fs.")]
+SeparatorOpt = Annotated[str, typer.Option(help="Info separator in file names: ':' ';' '!'.")]
+
+
+@quarantine_app.command("list")
+def quarantine_list(maildir: MaildirArg, layout: LayoutOpt = "maildir++",
+                    separator: SeparatorOpt = ":", json_out: JsonOpt = False,
+                    debug: DebugOpt = False) -> None:
+    """List the messages in MAILDIR's quarantine: day deleted, folder, key, From, Subject.
+
+    Example: mailmirror quarantine list ~/Maildir --json
+    """
+    from mailmirror.maildir import quarantine
+    from mailmirror.replica.local import check_local
+
+    try:
+        root = check_local(maildir, layout)
+        items = [quarantine.describe(i, separator) for i in quarantine.entries(root, layout)]
+    except MailmirrorError as exc:
+        _fail(exc, debug)
+    if json_out:
+        print(json.dumps({"maildir": str(root), "messages": items}, indent=2))
+        return
+    for line in quarantine.listing_lines(items):
+        print(line)
+
+
+@quarantine_app.command("restore")
+def quarantine_restore(maildir: MaildirArg,
+                       keys: Annotated[list[str], typer.Argument(help="Keys from `list`.")],
+                       layout: LayoutOpt = "maildir++", separator: SeparatorOpt = ":",
+                       debug: DebugOpt = False) -> None:
+    """Put quarantined messages back into their folders; the next sync copies them over.
+
+    Each comes back under a fresh name, so no sync takes it for the message it deleted.
+
+    \b
+    Example: mailmirror quarantine restore ~/Maildir 1700000000.M1P1.mail
+    Exit codes: 0 restored, 2 a key is unknown or still in the maildir (nothing restored).
+    """
+    from mailmirror.maildir import quarantine
+    from mailmirror.replica.local import check_local
+
+    try:
+        root = check_local(maildir, layout)
+        for folder, relname in quarantine.restore_keys(root, layout, separator, keys):
+            print(f"restored {folder}/{relname}")
+    except (MailmirrorError, OSError) as exc:
+        _fail(_user_error(exc), debug)
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ from mailmirror.maildir.folders import LAYOUTS, MAILDIRPP
 from mailmirror.maildir.names import SEPARATORS
 
 PROFILE_KEYS = {"a", "b", "local", "remotes", "users", "layout", "separator", "prefer",
-                "remote_command", "ssh_config", "identity", "known_hosts", "timeout"}
+                "remote_command", "ssh_config", "identity", "known_hosts", "timeout",
+                "max_delete", "quarantine_days"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Profile:
     ssh_config: str | None = None
     identity: str | None = None
     known_hosts: str | None = None
+    max_delete: float | None = None  # percent; None: the command line's or the default
+    quarantine_days: int | None = None
 
 
 def read_config(path: Path) -> dict:
@@ -87,6 +90,13 @@ def profile_problems(name: str, table: object) -> list[str]:
         problems.append(f"{where}: separator must be one of {' '.join(SEPARATORS)}")
     if table.get("prefer", "a") not in ("a", "b"):
         problems.append(f"{where}: prefer must be \"a\" or \"b\"")
+    max_delete = table.get("max_delete", 50)
+    if (not isinstance(max_delete, int | float) or isinstance(max_delete, bool)
+            or not 0 <= max_delete <= 100):
+        problems.append(f"{where}: max_delete must be a percentage from 0 to 100")
+    days = table.get("quarantine_days", 30)
+    if not isinstance(days, int) or isinstance(days, bool) or days < 0:
+        problems.append(f"{where}: quarantine_days must be a whole number of days (0 or more)")
     return problems
 
 
@@ -115,4 +125,5 @@ def load_profile(path: Path, name: str) -> Profile:
     return Profile(name, tuple(pairs), table.get("layout", MAILDIRPP),
                    table.get("separator", ":"), table.get("prefer", "a"),
                    float(table.get("timeout", 10)), table.get("ssh_config"),
-                   table.get("identity"), table.get("known_hosts"))
+                   table.get("identity"), table.get("known_hosts"),
+                   table.get("max_delete"), table.get("quarantine_days"))

@@ -18,8 +18,10 @@ from mailmirror.errors import ReplicaError, UsageError
 from mailmirror.replica.base import Replica
 from mailmirror.replica.local import check_local, open_local
 from mailmirror.store import open_store
+from mailmirror.sync import guard
 from mailmirror.sync.engine import ProgressFn, SyncOptions, SyncReport, sync
 from mailmirror.sync.lock import pair_lock
+from mailmirror.sync.model import Side
 from mailmirror.sync.state import SyncState
 from mailmirror.transport.address import Remote, parse_address
 from mailmirror.transport.options import SshOptions
@@ -114,12 +116,15 @@ class Runner:
         """One sync run of an open pair, under the pair lock."""
         s = self.settings
         options = replace(options or s.options, progress=self.progress)
-        with open_store(s.state_path, readonly=options.dry_run) as store, \
-                pair_lock(s.state_path, pair.a.id, pair.b.id, s.lock_timeout):
+        with open_store(s.state_path, readonly=options.dry_run) as store:
             state = SyncState(store)
-            for line in state.moved_labels(pair.a, pair.b):
-                self.notice(line)
-            return sync(pair.a, pair.b, state, options)
+            # before anything reads an id: reading creates a missing one
+            guard.check_identity(state, {Side.A: pair.a, Side.B: pair.b},
+                                 options.accept_new_replica)
+            with pair_lock(s.state_path, pair.a.id, pair.b.id, s.lock_timeout):
+                for line in state.moved_labels(pair.a, pair.b):
+                    self.notice(line)
+                return sync(pair.a, pair.b, state, options)
 
     def open(self, address: str, command: str | None) -> Replica:
         """A replica at `address`: local, or over this runner's SSH session to its host."""

@@ -22,7 +22,7 @@ from mailmirror.store import open_store
 from mailmirror.sync.engine import SyncOptions, sync
 from mailmirror.sync.state import SyncState
 from mailmirror.transport.agent import serve
-from mailmirror.transport.protocol import ProtocolError, encode_frame, read_frame
+from mailmirror.transport.protocol import VERSION, ProtocolError, encode_frame, read_frame
 from tests.test_crash import make_tree, published
 
 
@@ -62,7 +62,7 @@ FAKE = textwrap.dedent("""
         req = json.loads(inp.read(hl)); inp.read(dl)
         op = req["op"]
         if op == "hello":
-            send({"id": req["id"], "ok": True, "result": {"version": 1}})
+            send({"id": req["id"], "ok": True, "result": {"version": PROTOCOL_VERSION}})
         elif op == "id":
             send({"id": req["id"], "ok": True, "result": "evil-replica"})
         elif op == "clock":
@@ -89,7 +89,8 @@ FAKE = textwrap.dedent("""
 def test_hostile_agent_is_refused_and_nothing_is_written_outside(tmp_path, stamps, names,
                                                                  complaint):
     script = tmp_path / "fake_agent.py"
-    script.write_text(f"STAMPS = {stamps!r}\nNAMES = {names!r}\n" + FAKE)
+    script.write_text(f"STAMPS = {stamps!r}\nNAMES = {names!r}\nPROTOCOL_VERSION = {VERSION}\n"
+                      + FAKE)
     a = tmp_path / "a"
     create_folder(a, "INBOX")
     before = sorted(p for p in tmp_path.rglob("*"))
@@ -115,7 +116,7 @@ def _serve(root: Path, frames: list[bytes]) -> list[dict]:
 
 def test_agent_refuses_hostile_requests(tmp_path):
     root = tmp_path / "m"
-    hello = encode_frame({"id": 1, "op": "hello", "version": 1})
+    hello = encode_frame({"id": 1, "op": "hello", "version": VERSION})
     deliver = encode_frame({"id": 2, "op": "deliver",
                             "refs": [["INBOX", "cur/../../escape"], ["../x", "cur/y"],
                                      ["INBOX", "new/ok"]],
@@ -133,7 +134,7 @@ def test_agent_refuses_hostile_requests(tmp_path):
 
 
 def test_agent_ends_cleanly_on_a_truncated_frame(tmp_path):
-    frame = encode_frame({"id": 1, "op": "hello", "version": 1})
+    frame = encode_frame({"id": 1, "op": "hello", "version": VERSION})
     replies = _serve(tmp_path / "m", [frame[:-3]])
     assert replies and replies[-1]["ok"] is False and replies[-1]["fatal"]
 

@@ -89,10 +89,13 @@ def test_replica_that_suddenly_lists_nothing_stops_the_run(tmp_path):
     for folder in FOLDERS:
         for name in os.listdir(folder_dir(b, folder) / "cur"):
             os.unlink(folder_dir(b, folder) / "cur" / name)
-    with pytest.raises(SafetyStop):
+    with pytest.raises(SafetyStop, match="looks empty"):
         sync(open_local(a), open_local(b), state, SyncOptions())
     assert len(published(a)) == 30
-    report = sync(open_local(a), open_local(b), state, SyncOptions(allow_empty=True))
+    with pytest.raises(SafetyStop, match="would delete 30 of the 30"):  # S10 still applies
+        sync(open_local(a), open_local(b), state, SyncOptions(allow_empty=True))
+    report = sync(open_local(a), open_local(b), state,
+                  SyncOptions(allow_empty=True, allow_mass_delete=True))
     assert report.counts == {"delete a": 30}
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from mailmirror.errors import ReplicaError
 from mailmirror.maildir.folders import FS, MAILDIRPP
+from mailmirror.maildir.quarantine import QUARANTINE_DIR, day_name, quarantine_dir
 from mailmirror.replica.base import (
     OK,
     Delivery,
@@ -380,6 +381,45 @@ class TestReplicaContract:
         assert [r.outcome for r in results] == [Outcome.OK, Outcome.GONE, Outcome.FAILED,
                                                 Outcome.FAILED]
         assert (root.parent / "keep").exists()
+
+    @pytest.mark.parametrize("layout", [MAILDIRPP, FS])
+    def test_delete_moves_into_the_quarantine(self, opener: Opener, root: Path,
+                                              layout: str) -> None:
+        """docs/spec.md Q1: deleted mail is moved, byte for byte, to a place IMAP never lists."""
+        replica = opener(root, layout=layout)
+        replica.create_folder("Lists/Deb")
+        sub = root / ("Lists/Deb" if layout == FS else ".Lists.Deb")
+        put(sub, f"new/{MSG}", b"keep me")
+        results = replica.delete([Ref("Lists/Deb", f"new/{MSG}")])
+        assert results == [OK]
+        assert not (sub / "new" / MSG).exists()
+        qdir = quarantine_dir(root, layout)
+        assert qdir == (root / QUARANTINE_DIR if layout == MAILDIRPP
+                        else root / "tmp" / QUARANTINE_DIR)
+        (kept,) = [p for p in qdir.rglob("*") if p.is_file()]
+        assert kept.relative_to(qdir).parts[1:] == ("Lists%2FDeb", "new", MSG)
+        assert kept.read_bytes() == b"keep me"
+        assert sorted(replica.stamps()) == ["INBOX", "Lists/Deb"]  # not a folder
+
+    def test_prune_removes_only_days_past_the_retention(self, opener: Opener,
+                                                        root: Path) -> None:
+        replica = opener(root)
+        put(root, f"cur/{MSG}:2,S")
+        assert replica.delete([Ref("INBOX", f"cur/{MSG}:2,S")]) == [OK]
+        qdir = quarantine_dir(root)
+        put(qdir, "2001-02-03/INBOX/cur/old1:2,S")
+        put(qdir, "2001-02-03/Work/new/old2")
+        put(qdir, "not-a-day/x")
+        assert replica.prune_quarantine(30) == 2
+        assert sorted(os.listdir(qdir)) == sorted([day_name(time.time()), "not-a-day"])
+        assert replica.prune_quarantine(30) == 0
+
+    def test_stored_id_reads_but_never_creates(self, opener: Opener, root: Path) -> None:
+        replica = opener(root)
+        assert replica.stored_id() is None
+        assert not (root / ID_FILE).exists()
+        rid = replica.id
+        assert opener(root).stored_id() == rid == (root / ID_FILE).read_text().strip()
 
     # -- keywords -------------------------------------------------------------------------
     def test_keywords_read_and_add_keep_existing_letters(self, opener: Opener,

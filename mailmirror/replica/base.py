@@ -85,6 +85,11 @@ class Replica(Protocol):
     label: str
     sep: str
 
+    def stored_id(self) -> str | None:
+        """The id already in the root's id file, or None: never creates one (reading `id`
+        does). The identity check runs on this, before a missing id is replaced."""
+        ...
+
     def clock_ns(self) -> int:
         """The replica's own wall clock, for the mtime safety margin (clocks differ)."""
         ...
@@ -139,7 +144,13 @@ class Replica(Protocol):
         ...
 
     def delete(self, refs: Sequence[Ref]) -> list[Result]:
-        """Remove messages whose names are still exactly these."""
+        """Move messages whose names are still exactly these into the replica's quarantine
+        (maildir/quarantine.py), never unlinking them: atomic, no clobbering, durable."""
+        ...
+
+    def prune_quarantine(self, keep_days: int) -> int:
+        """Remove quarantined messages deleted more than keep_days days ago (by this
+        replica's clock); the number removed. A read-only replica removes nothing."""
         ...
 
     def close(self) -> None:

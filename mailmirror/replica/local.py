@@ -21,6 +21,7 @@ from pathlib import Path
 from mailmirror import crashpoint
 from mailmirror.errors import ReplicaError
 from mailmirror.maildir import keywords as kw
+from mailmirror.maildir import quarantine
 from mailmirror.maildir.folders import (
     INBOX,
     MAILDIRPP,
@@ -83,6 +84,9 @@ class LocalReplica:
         if self._id is None:
             self._id = _read_or_create_id(self.root, self.readonly)
         return self._id
+
+    def stored_id(self) -> str | None:
+        return self._id if self._id is not None else _read_id(self.root / ID_FILE)
 
     def clock_ns(self) -> int:
         return time.time_ns()
@@ -226,7 +230,7 @@ class LocalReplica:
         if not staged:
             return results
         try:
-            sync_filesystem(str(self.root))
+            self._flush()
             crashpoint.after("syncfs")
         except OSError as exc:
             for i, tmp, _ in staged:
@@ -273,16 +277,25 @@ class LocalReplica:
         for ref in refs:
             try:
                 path = self._path(ref)
-                os.unlink(path)
-                crashpoint.after("unlink")
-                touched.add(os.path.dirname(path))
+                kept = quarantine.quarantine(self.root, self.layout, path, ref.folder,
+                                             ref.relname, time.time())
+                crashpoint.after("quarantine")
+                touched.update((os.path.dirname(path), kept))
                 results.append(OK)
             except FileNotFoundError:
                 results.append(Result(Outcome.GONE))
+            except FileExistsError:
+                results.append(Result(Outcome.FAILED, f"{ref.folder}/{ref.relname}: a message "
+                                      "of that name was already quarantined today"))
             except (OSError, ValueError) as exc:
                 results.append(Result(Outcome.FAILED, _describe(exc, ref)))
         self._sync_dirs(touched, results)
         return results
+
+    def prune_quarantine(self, keep_days: int) -> int:
+        if self.readonly:
+            return 0
+        return quarantine.prune(self.root, self.layout, keep_days, time.time())
 
     def close(self) -> None:
         pass
@@ -324,10 +337,18 @@ class LocalReplica:
         name = f"{time.time_ns()}.M{n}P{os.getpid()}.{self._host}{TMP_SUFFIX}"
         return os.path.join(tmp_dir, name)
 
+    def _flush(self) -> None:
+        """The one durability barrier of a batch of deliveries (tests make it fail)."""
+        sync_filesystem(str(self.root))
+
+    def _fsync_dir(self, path: str) -> None:
+        """Make the names just changed in directory `path` durable (tests make it fail)."""
+        fsync_dir(path)
+
     def _sync_dirs(self, dirs: set[str], results: list[Result]) -> None:
         for path in dirs:
             try:
-                fsync_dir(path)
+                self._fsync_dir(path)
                 crashpoint.after("fsync dir")
             except OSError as exc:
                 # the renames happened but may not survive a power cut: say so, keep going
@@ -388,16 +409,20 @@ def open_local(path: str | Path, layout: str = MAILDIRPP, sep: str = ":",
     return LocalReplica(root, layout, sep)
 
 
-def _read_or_create_id(root: Path, readonly: bool = False) -> str:
-    path = root / ID_FILE
+def _read_id(path: Path) -> str | None:
     try:
-        text = path.read_text("ascii").strip()
-        if text:
-            return text
+        return path.read_text("ascii").strip() or None
     except FileNotFoundError:
-        pass
+        return None
     except (OSError, UnicodeDecodeError) as exc:
         raise ReplicaError(f"cannot read replica id {path}: {exc}") from exc
+
+
+def _read_or_create_id(root: Path, readonly: bool = False) -> str:
+    path = root / ID_FILE
+    found = _read_id(path)
+    if found:
+        return found
     new_id = uuid.uuid4().hex
     if readonly or not root.exists():
         return f"unsaved-{new_id}"  # a dry run invents an id rather than writing one

@@ -71,11 +71,19 @@ class AgentReplica:
     def id(self) -> str:
         """The replica id; the agent creates the id file on first use, as LocalReplica does."""
         if self._id is None:
-            rid = self._call("id")
-            if not isinstance(rid, str) or not 0 < len(rid) <= 100 or not rid.isprintable():
-                raise ReplicaError(f"{self.label}: the agent sent an invalid replica id")
-            self._id = rid
+            self._id = self._valid_id(self._call("id"))
         return self._id
+
+    def _valid_id(self, rid: object) -> str:
+        if not isinstance(rid, str) or not 0 < len(rid) <= 100 or not rid.isprintable():
+            raise ReplicaError(f"{self.label}: the agent sent an invalid replica id")
+        return rid
+
+    def stored_id(self) -> str | None:
+        if self._id is not None:
+            return self._id
+        rid = self._call("id", create=False)
+        return None if rid is None else self._valid_id(rid)
 
     # -- plumbing ------------------------------------------------------------------------
     def _exchange(self, op: str, data: bytes = b"", **fields: object) -> tuple[object, bytes]:
@@ -235,6 +243,12 @@ class AgentReplica:
     def delete(self, refs: Sequence[Ref]) -> list[Result]:
         raw = self._call("delete", refs=[[r.folder, r.relname] for r in refs])
         return self._results(raw, len(refs))
+
+    def prune_quarantine(self, keep_days: int) -> int:
+        removed = self._call("prune_quarantine", days=keep_days)
+        if not isinstance(removed, int) or isinstance(removed, bool) or removed < 0:
+            raise self._bad("prune count")
+        return removed
 
     def watch(self) -> Iterator[set[str] | None]:
         """Turn this connection into the agent's change notifications (live mode).

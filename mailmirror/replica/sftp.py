@@ -22,6 +22,7 @@ import asyncssh
 
 from mailmirror.errors import ReplicaError
 from mailmirror.maildir import keywords as kw
+from mailmirror.maildir import quarantine
 from mailmirror.maildir.folders import FS, INBOX, MAILDIRPP, SUBDIRS, InvalidFolder, check_folder
 from mailmirror.maildir.folders import folder_dir as _folder_dir
 from mailmirror.maildir.names import check_name
@@ -92,6 +93,9 @@ class SftpReplica:
             self._id = self._run(self._read_or_create_id())
         return self._id
 
+    def stored_id(self) -> str | None:
+        return self._id if self._id is not None else self._run(self._read_id())
+
     def clock_ns(self) -> int:
         """The remote clock: the mtime of a file freshly created in the root's tmp/.
 
@@ -147,6 +151,11 @@ class SftpReplica:
 
     def delete(self, refs: Sequence[Ref]) -> list[Result]:
         return self._run(self._delete_all(refs))
+
+    def prune_quarantine(self, keep_days: int) -> int:
+        if self.readonly:
+            return 0
+        return self._run(self._prune_quarantine(keep_days))
 
     def close(self) -> None:
         """Nothing to release: the SFTP client belongs to whoever started it."""
@@ -245,16 +254,20 @@ class SftpReplica:
                     results[i] = Result(Outcome.FAILED, f"directory fsync failed: {exc.reason}")
 
     # -- identity and clock --------------------------------------------------------------
-    async def _read_or_create_id(self) -> str:
-        path = _b(self.root / ID_FILE)
+    async def _read_id(self) -> str | None:
         try:
-            text = (await self._read_small(path)).decode("ascii").strip()
-            if text:
-                return text
+            text = (await self._read_small(_b(self.root / ID_FILE))).decode("ascii").strip()
         except asyncssh.SFTPNoSuchFile:
-            pass
+            return None
         except UnicodeDecodeError as exc:
             raise ReplicaError(f"{self.label}: cannot read replica id {ID_FILE}: {exc}") from None
+        return text or None
+
+    async def _read_or_create_id(self) -> str:
+        path = _b(self.root / ID_FILE)
+        found = await self._read_id()
+        if found:
+            return found
         new_id = uuid.uuid4().hex
         if self.readonly or await self._stat(self.root) is None:
             return f"unsaved-{new_id}"  # a dry run invents an id rather than writing one
@@ -580,23 +593,70 @@ class SftpReplica:
             return Result(Outcome.FAILED, _describe(exc, item.target))
 
     async def _delete_all(self, refs: Sequence[Ref]) -> list[Result]:
-        results = await self._gather(self._delete(ref) for ref in refs)
+        """Move each message into the quarantine (maildir/quarantine.py), never remove it."""
+        day = quarantine.day_name(await self._remote_now())
+        qdir = quarantine.quarantine_dir(self.root, self.layout)
+        made: dict[PurePosixPath, asyncio.Task[None]] = {}
+
+        async def one(ref: Ref) -> tuple[Result, PurePosixPath | None]:
+            try:
+                source = self._path(ref)
+                target = quarantine.entry_path(qdir, day, ref.folder, ref.relname)
+                if not await self._exists(source):
+                    return Result(Outcome.GONE), None
+                if target.parent not in made:  # one mkdir chain per directory, shared
+                    made[target.parent] = asyncio.ensure_future(self._makedirs(target.parent))
+                await made[target.parent]
+                await self.sftp.rename(source, _b(target))  # no clobber: see _publish
+                return OK, target.parent
+            except ValueError as exc:
+                return Result(Outcome.FAILED, _describe(exc, ref)), None
+            except asyncssh.SFTPError as exc:
+                _reraise_lost(exc)
+                if not await self._exists(source):
+                    return Result(Outcome.GONE), None
+                return Result(Outcome.FAILED, _describe(exc, ref)), None
+
+        done = await self._gather(one(ref) for ref in refs)
+        results = [result for result, _ in done]
         touched = {str(self._dir(ref.folder) / ref.relname.split("/")[0])
                    for ref, result in zip(refs, results, strict=True) if result.ok}
+        touched.update(str(d) for _, d in done if d is not None)
         await self._sync_dirs(touched, results)
         return results
 
-    async def _delete(self, ref: Ref) -> Result:
-        try:
-            await self.sftp.remove(self._path(ref))
-            return OK
-        except asyncssh.SFTPNoSuchFile:
-            return Result(Outcome.GONE)
-        except asyncssh.SFTPError as exc:
-            _reraise_lost(exc)
-            return Result(Outcome.FAILED, _describe(exc, ref))
-        except ValueError as exc:
-            return Result(Outcome.FAILED, _describe(exc, ref))
+    async def _makedirs(self, path: PurePosixPath) -> None:
+        """mkdir -p below the root (the root itself exists)."""
+        missing = []
+        while path != self.root and await self._stat(path) is None:
+            missing.append(path)
+            path = path.parent
+        for directory in reversed(missing):
+            await self._mkdir(directory)
+
+    async def _prune_quarantine(self, keep_days: int) -> int:
+        qdir = quarantine.quarantine_dir(self.root, self.layout)
+        if await self._stat(qdir) is None:
+            return 0
+        names = [_s(n) for n in await self.sftp.listdir(_b(qdir))]
+        days = quarantine.expired_days(names, await self._remote_now(), keep_days)
+        counts = await self._gather(self._remove_tree(qdir / day) for day in days)
+        return sum(counts)
+
+    async def _remove_tree(self, path: PurePosixPath) -> int:
+        """Remove a directory tree without following symlinks; the number of files removed."""
+        removed = 0
+        for entry in await self.sftp.readdir(_b(path)):
+            name = _s(entry.filename)
+            if name in (".", ".."):
+                continue
+            if entry.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
+                removed += await self._remove_tree(path / name)
+            else:
+                await self._remove_quietly(_b(path / name))
+                removed += 1
+        await self.sftp.rmdir(_b(path))
+        return removed
 
     async def _check_root(self) -> None:
         """open_sftp's checks, as local.check_local makes them; creates INBOX when allowed."""

@@ -16,10 +16,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mailmirror.errors import SafetyStop, UsageError
+from mailmirror.errors import UsageError
 from mailmirror.maildir.names import fresh_unique, key_of, sort_letters
+from mailmirror.maildir.quarantine import DEFAULT_KEEP_DAYS
 from mailmirror.replica.base import Delivery, Message, Outcome, Ref, Rename, Replica, Result
-from mailmirror.sync import reconcile
+from mailmirror.sync import guard, reconcile
 from mailmirror.sync.flags import FlagCodec
 from mailmirror.sync.model import (
     NEW,
@@ -37,7 +38,6 @@ from mailmirror.sync.scan import Loc, Scan, details, scan, side_code
 from mailmirror.sync.state import BaseRow, FolderRow, SyncState
 
 ProgressFn = Callable[[str, int, int], None]
-EMPTY_GUARD = 10  # a replica that held this many messages and now lists none stops the run
 PLAN_SLICE = 2000  # keys planned and executed together
 
 
@@ -52,6 +52,10 @@ class SyncOptions:
     batch_bytes: int = 4 << 20
     progress: ProgressFn | None = None
     should_stop: Callable[[], bool] | None = None  # checked between slices (watch shutdown)
+    allow_mass_delete: bool = False
+    max_delete_percent: float = guard.MASS_DELETE_PERCENT
+    accept_new_replica: bool = False  # see guard.check_identity, called before sync()
+    quarantine_days: int = DEFAULT_KEEP_DAYS
 
 
 @dataclass
@@ -101,7 +105,8 @@ def describe(action: Copy | Move | Delete | Rekey) -> str:
 def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> SyncReport:
     """Bring replicas a and b to the same messages; see the module docstring for the order.
 
-    Raises UsageError when both are the same replica and SafetyStop when one looks emptied.
+    Raises UsageError when both are the same replica and SafetyStop when the listing looks
+    like a mistake (sync/guard.py); callers run guard.check_identity before reading any id.
     Per-message failures do not raise: they are listed in report.skipped.
     """
     started = time.monotonic()
@@ -110,17 +115,17 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
         raise UsageError(f"{a.label} and {b.label} are the same replica (same id): "
                          "give two different maildirs")
     low = Side.A if a.id < b.id else Side.B
-    pair = state.pair(replicas[low].id, replicas[low.other].id,
-                      replicas[low].label, replicas[low.other].label,
-                      create=not options.dry_run)
+    ids_labels = (replicas[low].id, replicas[low.other].id,
+                  replicas[low].label, replicas[low.other].label)
+    pair = state.pair(*ids_labels, create=False)  # a new pair is recorded after the checks
     report = SyncReport({s: r.label for s, r in replicas.items()}, dry_run=options.dry_run)
     if pair.created:
         report.notices.append("first sync of these two replicas: merging both sides, "
                               "nothing is deleted")
     codec = FlagCodec(replicas)
     found = scan(replicas, state, pair.pair_id, low, codec, options.full, options.margin_ns)
-    if not options.allow_empty:
-        _check_not_emptied(replicas, found)
+    guard.check_scan(replicas, found, state, pair.created, options.allow_empty,
+                     options.accept_new_replica)
     tombs = _tombstones(replicas, found)
     keys = sorted(found.candidates)
 
@@ -134,6 +139,11 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
             tombs,
         )
 
+    if not options.allow_mass_delete:
+        held = {s: len(found.current[s]) if pair.created else state.base_count(pair.pair_id)
+                for s in Side}
+        guard.check_deletions(replicas, _deletions(found, plan_of), held,
+                              options.max_delete_percent)
     report.skipped.extend(found.invalid)
     if options.dry_run:
         plan = report.plan = plan_of(keys)
@@ -145,6 +155,7 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
         report.notices.extend(codec.problems)
         report.seconds = time.monotonic() - started
         return report
+    pair = state.pair(*ids_labels)
     run_id = state.start_run(pair.pair_id)
     outcome = "failed"
     try:
@@ -186,16 +197,12 @@ def _tombstones(replicas: dict[Side, Replica], found: Scan) -> dict[str, Entry]:
     return out
 
 
-def _check_not_emptied(replicas: dict[Side, Replica], found: Scan) -> None:
-    """Stop when a replica lists nothing at all where the base knows messages (unmounted?)."""
-    for s in Side:
-        expected = found.base_count[s]
-        whole = set(found.stamps[s]) <= found.dirty[s]
-        if whole and expected >= EMPTY_GUARD and found.listed_count[s] == 0:
-            raise SafetyStop(
-                f"{replicas[s].label} looks empty but held {expected} messages at the last sync: "
-                "is the disk mounted? Nothing was changed; rerun with --allow-empty if the "
-                "mail really was deleted")
+def _deletions(found: Scan, plan_of: Callable[[list[str]], Plan]) -> Counter[Side]:
+    """How many messages the run would delete on each side: only keys one side lacks can
+    be deleted, so only those are planned (the planner is pure and per key)."""
+    lacking = sorted(k for k in found.candidates
+                     if (k in found.current[Side.A]) != (k in found.current[Side.B]))
+    return Counter(a.side for a in plan_of(lacking).actions if isinstance(a, Delete))
 
 
 def folders_to_create(found: Scan, plan: Plan, low: Side) -> dict[Side, list[str]]:
@@ -285,6 +292,7 @@ class _Executor:
             self._remove_deleted_folders()
         for s in Side:
             self.replicas[s].add_tombstones(self.tombs[s])
+            self.replicas[s].prune_quarantine(self.options.quarantine_days)
         if complete:
             self._record_folders()
         self.report.notices.extend(self.codec.problems)

@@ -52,6 +52,7 @@ class Scan:
     invalid: list[str] = field(default_factory=list)
     listed_count: dict[Side, int] = field(default_factory=dict)
     base_count: dict[Side, int] = field(default_factory=dict)  # base rows in dirty folders
+    emptied: dict[Side, set[str]] = field(default_factory=dict)  # had base names, list none
 
 
 def side_code(side: Side, low: Side) -> str:
@@ -87,6 +88,7 @@ def scan(
     gone: dict[Side, set[str]] = {Side.A: set(), Side.B: set()}  # base name no longer there
     for s in Side:
         result.listed_count[s] = result.base_count[s] = 0
+        result.emptied[s] = set()
     for folder in sorted(dirty[Side.A] | dirty[Side.B]):
         for s in Side:
             if folder not in dirty[s]:
@@ -99,6 +101,8 @@ def scan(
             known_names = state.base_names(pair_id, folder, idx[s])
             result.listed_count[s] += len(now)
             result.base_count[s] += len(known_names)
+            if known_names and not now and folder in stamps[s]:
+                result.emptied[s].add(folder)
             removed = [key_of(parse_name(n[4:], replicas[s].sep).unique)
                        for n in known_names - now]
             gone[s].update(removed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO
 
 from mailmirror import __version__
@@ -20,6 +21,7 @@ from mailmirror.maildir.names import check_name
 from mailmirror.replica.base import Delivery, Ref, Rename, Result
 from mailmirror.replica.local import LocalReplica, open_local
 from mailmirror.sync.model import Entry
+from mailmirror.transport.privilege import drop_to_owner
 from mailmirror.transport.protocol import (
     VERSION,
     ProtocolError,
@@ -89,7 +91,7 @@ class Agent:
         if replica is None:
             raise ProtocolError("the first request must be hello")
         if op == "id":
-            return replica.id, b""
+            return (replica.id if header.get("create", True) else replica.stored_id()), b""
         if op == "clock":
             return replica.clock_ns(), b""
         if op == "stamps":
@@ -144,6 +146,11 @@ class Agent:
             return _results(replica.rename(items)), b""
         if op == "delete":
             return _results(replica.delete(_refs(header.get("refs")))), b""
+        if op == "prune_quarantine":
+            days = header.get("days")
+            if not isinstance(days, int) or isinstance(days, bool) or days < 0:
+                raise ProtocolError("prune_quarantine needs days (a whole number)")
+            return replica.prune_quarantine(days), b""
         raise ProtocolError(f"unknown request {op!r}")
 
     def _hello(self, header: dict) -> dict:
@@ -208,8 +215,17 @@ def _send(stdout: BinaryIO, header: dict, data: bytes = b"") -> None:
     stdout.flush()
 
 
-def main(root: str) -> int:
-    """Entry point of `mailmirror agent`: binary stdio, nothing else printed to stdout."""
+def main(root: str, allow_root: bool = False) -> int:
+    """Entry point of `mailmirror agent`: binary stdio, nothing else printed to stdout.
+
+    Started as root, it first becomes the owner of ROOT (transport/privilege.py); when that
+    is refused, one line on stderr (the client shows it) and exit status 3.
+    """
+    try:
+        drop_to_owner(Path(root).absolute(), allow_root)
+    except MailmirrorError as exc:
+        print(f"mailmirror: {exc}", file=sys.stderr)
+        return exc.exit_code
     stdout = os.fdopen(sys.stdout.fileno(), "wb", closefd=False)
     stdin = os.fdopen(sys.stdin.fileno(), "rb", closefd=False)
     return serve(root, stdin, stdout)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-VERSION = 1
+VERSION = 2  # 2: deletions go to the quarantine, prune_quarantine, id without create
 PREFIX = struct.Struct(">IQ")
 MAX_HEADER = 64 << 20
 MAX_DATA = 2 << 30

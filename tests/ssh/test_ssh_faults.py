@@ -349,11 +349,11 @@ while True:
     if op == "hello":
         if MODE == "refuses":
             send({"id": rid, "ok": False, "fatal": True, "kind": "replica",
-                  "error": "protocol error: protocol version 1 is not supported: "
-                           "this agent speaks 2 (mailmirror 9.0)"})
+                  "error": f"protocol error: protocol version {req['version']} is not "
+                           "supported: this agent speaks 99 (mailmirror 9.0)"})
             sys.exit(2)
         send({"id": rid, "ok": True, "result": {
-            "version": 99 if MODE == "v99" else 1, "label": "/fake", "clock_ns": 0,
+            "version": 99 if MODE == "v99" else req["version"], "label": "/fake", "clock_ns": 0,
             "software": "mailmirror 9.0"}})
     elif op == "id":
         send({"id": rid, "ok": True, "result": "fake-replica-" + MODE})
