@@ -1,5 +1,7 @@
 """Fixtures for the fault tests: a real sshd on 127.0.0.1 (tests/ssh/sshrig.py) for the tests
-that cut, stall or kill the far side. A missing sshd skips locally and fails under CI=true."""
+that cut, stall or kill the far side, and the end-to-end tests' unprivileged user and installed
+command (tests/e2e/conftest.py) for the tests where file modes must apply, which they do not
+to root. A missing sshd skips locally and fails under CI=true."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
+from tests.e2e.conftest import cli, scratch, user, workspace  # noqa: F401 (fixtures)
 from tests.ssh.sshrig import SshRig, running_rig
 
 
