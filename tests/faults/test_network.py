@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.sshkit import (
+    AGENT_COMMAND,
     Mm,
     deliver,
     fast_dir,
@@ -135,7 +136,8 @@ def test_stalled_connection_ends_the_run_in_bounded_time(tmp_path: Path, shm: Pa
     profiles.write_text(
         f'[profile.p]\nlocal = "{laptop}"\nremotes = ["{ALIAS}:{server}"]\n'
         f'ssh_config = "{config}"\nknown_hosts = "{known}"\n'
-        f'identity = "{ssh_rig.user_key}"\ntimeout = 1\n')
+        f'identity = "{ssh_rig.user_key}"\ntimeout = 1\n'
+        + (f'remote_command = "{AGENT_COMMAND}"\n' if transport == "agent" else ""))
     mm = _mm(tmp_path, ssh_rig)
     extra = ["--sftp"] if transport == "sftp" else []
     proxy.cut_after(DOWN, 1 << 40)  # only to count; the stall starts below
