@@ -143,9 +143,12 @@ def test_sudo_allows_the_mirror_user_only_the_agent(world: dict) -> None:
 
 @pytest.fixture
 def root_rule(world: dict) -> Iterator[list[str]]:
-    """The variant for many mail users: one rule, the agent started as root by sudo."""
-    home = world["home"]
-    rule = f"{MIRROR} ALL=(root) NOPASSWD: {MAILMIRROR} agent {home}/*/Maildir\n"
+    """The variant for many mail users (docs/examples/ssh/sudoers-one-rule): one rule, the
+    agent started as root by sudo."""
+    rule = ((EXAMPLES / "sudoers-one-rule").read_text()
+            .replace("/usr/local/bin/mailmirror", MAILMIRROR)
+            .replace("mirror ALL", f"{MIRROR} ALL")
+            .replace("/home/", f"{world['home']}/"))
     SUDOERS.write_text(SUDOERS.read_text() + rule)
     yield ["setpriv", f"--reuid={MIRROR}", f"--regid={pwd.getpwnam(MIRROR).pw_gid}",
            "--init-groups", "sudo", "-n", MAILMIRROR, "agent"]
