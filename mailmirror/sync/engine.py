@@ -139,11 +139,12 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
             tombs,
         )
 
-    if not options.allow_mass_delete:
+    deletions = Counter[Side]() if options.allow_mass_delete else _deletions(found, tombs,
+                                                                              plan_of)
+    if max(deletions.values(), default=0) >= guard.MASS_DELETE_MIN:
         held = {s: len(found.current[s]) if pair.created else state.base_count(pair.pair_id)
                 for s in Side}
-        guard.check_deletions(replicas, _deletions(found, plan_of), held,
-                              options.max_delete_percent)
+        guard.check_deletions(replicas, deletions, held, options.max_delete_percent)
     report.skipped.extend(found.invalid)
     if options.dry_run:
         plan = report.plan = plan_of(keys)
@@ -197,12 +198,19 @@ def _tombstones(replicas: dict[Side, Replica], found: Scan) -> dict[str, Entry]:
     return out
 
 
-def _deletions(found: Scan, plan_of: Callable[[list[str]], Plan]) -> Counter[Side]:
-    """How many messages the run would delete on each side: only keys one side lacks can
-    be deleted, so only those are planned (the planner is pure and per key)."""
+def _deletions(found: Scan, tombs: dict[str, Entry],
+               plan_of: Callable[[list[str]], Plan]) -> Counter[Side]:
+    """How many messages the run would delete on each side. Only a key one side lacks and
+    that has a base row or a tombstone can be deleted, so only those are planned (the
+    planner is pure and per key), in slices like the run itself."""
     lacking = sorted(k for k in found.candidates
-                     if (k in found.current[Side.A]) != (k in found.current[Side.B]))
-    return Counter(a.side for a in plan_of(lacking).actions if isinstance(a, Delete))
+                     if (k in found.current[Side.A]) != (k in found.current[Side.B])
+                     and (k in found.base or k in tombs))
+    counts: Counter[Side] = Counter()
+    for at in range(0, len(lacking), PLAN_SLICE):
+        plan = plan_of(lacking[at:at + PLAN_SLICE])
+        counts.update(a.side for a in plan.actions if isinstance(a, Delete))
+    return counts
 
 
 def folders_to_create(found: Scan, plan: Plan, low: Side) -> dict[Side, list[str]]:
