@@ -108,6 +108,12 @@ class LocalReplica:
         listing = {}
         for folder in folders:
             base = folder_dir(self.root, folder, self.layout)
+            link = _link_in(self.root, base)
+            if link is not None:
+                # listing through it would read mail from elsewhere; skipping it would read
+                # as the folder emptied: stop instead
+                raise ReplicaError(f"{link} is a symbolic link: mailmirror never follows one "
+                                   "inside a maildir; replace it with a directory")
             names: list[str] = []
             for sub in _SUBDIRS:
                 try:
@@ -135,6 +141,7 @@ class LocalReplica:
         return kw.add_keywords(folder_dir(self.root, folder, self.layout), set(names))
 
     def create_folder(self, folder: str) -> None:
+        self._dir(folder)  # refuses a symbolic link in the way
         create_folder(self.root, folder, self.layout)
 
     def tombstones(self, keys: Sequence[str]) -> dict[str, Entry]:
@@ -301,10 +308,20 @@ class LocalReplica:
         pass
 
     def _dir(self, folder: str) -> str:
-        """The folder's directory, validated once per run (hot path: once per message)."""
+        """The folder's directory, validated once per run (hot path: once per message).
+
+        ValueError for a symbolic link on the way (the folder, a parent below the root, or its
+        cur/ new/ tmp/): it could lead out of the root. Known race: a link made after this
+        check is followed; only the maildir's owner can make one.
+        """
         path = self._dirs.get(folder)
         if path is None:
-            path = self._dirs[folder] = str(folder_dir(self.root, folder, self.layout))
+            base = folder_dir(self.root, folder, self.layout)
+            link = _link_in(self.root, base)
+            if link is not None:
+                raise ValueError(f"{link} is a symbolic link: mailmirror never follows one "
+                                 "inside a maildir")
+            path = self._dirs[folder] = str(base)
         return path
 
     def _file_mode(self, folder: str) -> int:
@@ -473,6 +490,19 @@ def _remove_stale_tmp(tmp_dir: str, host: str) -> None:
         pid = name.split("P", 1)[-1].split(".", 1)[0]
         if pid.isdigit() and not is_process_alive(int(pid)):
             _unlink_quietly(os.path.join(tmp_dir, name))
+
+
+def _link_in(root: Path, base: Path) -> Path | None:
+    """The first symbolic link among base's components below root and base's subdirs."""
+    steps = [root.joinpath(*base.relative_to(root).parts[:n])
+             for n in range(1, len(base.relative_to(root).parts) + 1)]
+    for path in [*steps, *(base / sub for sub in ("cur", "new", "tmp"))]:
+        try:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                return path
+        except OSError:
+            continue  # not there (yet): nothing to follow
+    return None
 
 
 def _mtime(path: Path) -> int:

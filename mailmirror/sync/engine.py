@@ -354,9 +354,14 @@ class _Executor:
 
     # -- names ---------------------------------------------------------------------------
     def _relname(self, side: Side, key: str, entry: Entry, loc: Loc | None,
-                 unique: str | None = None) -> str:
-        """The file name `entry` gets on `side`; letters and info follow that side's rules."""
+                 unique: str | None = None, raw_info: str | None = None) -> str:
+        """The file name `entry` gets on `side`; letters and info follow that side's rules.
+
+        An info that is not "2,..." (`raw_info`, or the one on disk at `loc`) is kept verbatim.
+        """
         letters = self.codec.encode(side, entry.folder, entry.flags)
+        if raw_info is not None and not letters:
+            return f"{entry.subdir}/{unique or key}{self.replicas[side].sep}{raw_info}"
         if loc is not None and loc.entry.folder == entry.folder:
             on_disk, opaque, raw_info = details(self.replicas[side], self.codec, side, loc)
             unique = unique or on_disk
@@ -367,6 +372,13 @@ class _Executor:
         if entry.subdir == NEW and not letters:
             return f"{NEW}/{unique}"
         return f"{entry.subdir}/{unique}{self.replicas[side].sep}2,{letters}"
+
+    def _raw_info(self, action: Copy) -> str | None:
+        """The source's info when it is not "2,..." (a copy keeps it verbatim)."""
+        loc = self.locs[action.source].get(action.key)
+        if loc is None:
+            return None
+        return details(self.replicas[action.source], self.codec, action.source, loc)[2]
 
     # -- phases --------------------------------------------------------------------------
     def _fix_duplicates(self) -> None:
@@ -392,7 +404,12 @@ class _Executor:
                 if (s, folder) in self.created:
                     continue
                 self.created.add((s, folder))
-                self.replicas[s].create_folder(folder)
+                try:
+                    self.replicas[s].create_folder(folder)
+                except (OSError, ValueError) as exc:
+                    # the folder's deliveries fail one by one; the rest of the run goes on
+                    self.report.skipped.append(f"folder+ {s.value} {folder}: {exc}")
+                    continue
                 self.touched.add((s, folder))
                 self.report.counts[f"folder+ {s.value}"] += 1
 
@@ -483,7 +500,8 @@ class _Executor:
             if isinstance(message, Result):
                 self._done(i, action, message)
                 continue
-            relname = self._relname(target, action.key, action.entry, None)
+            relname = self._relname(target, action.key, action.entry, None,
+                                    raw_info=self._raw_info(action))
             self.names[target][action.key] = relname
             self.touched.add((target, action.entry.folder))
             deliveries.append(Delivery(Ref(action.entry.folder, relname), message.data,

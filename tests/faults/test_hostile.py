@@ -1,0 +1,225 @@
+"""Hostile remotes and odd files: symlinks never lead a sync out of the root, FIFOs and devices
+are never opened as messages, oversized messages are refused, hostile names from an agent are
+refused, the agent survives any request a fuzzer sends it, and unknown info suffixes travel
+verbatim. Each odd item is reported; nothing outside the root is read or written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import stat
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailmirror.errors import ReplicaError
+from mailmirror.replica.local import MAX_MESSAGE, open_local
+from mailmirror.replica.remote import AgentReplica, PipeChannel
+from mailmirror.store import open_store
+from mailmirror.sync.engine import SyncOptions, sync
+from mailmirror.sync.state import SyncState
+from mailmirror.transport.agent import serve
+from mailmirror.transport.protocol import VERSION, encode_frame, read_frame
+from tests.e2e.sshkit import deliver, maildir, messages, view
+
+KINDS = ("local", "agent")
+
+
+def _open(root: Path, kind: str) -> object:
+    if kind == "local":
+        return open_local(root)
+    return AgentReplica(PipeChannel([sys.executable, "-m", "mailmirror", "agent", "--allow-root",
+                                     str(root)]), f"pipe:{root}")
+
+
+def _state(tmp_path: Path) -> SyncState:
+    return SyncState(open_store(tmp_path / "s.db"))
+
+
+def _outside(tmp_path: Path) -> Path:
+    out = tmp_path / "outside"
+    (out / "cur").mkdir(parents=True)
+    (out / "cur" / "1600000000.M1P1.secret:2,S").write_bytes(b"Subject: not yours\n\n")
+    return out
+
+
+def _snapshot(root: Path) -> list[tuple[str, bytes]]:
+    return sorted((str(p.relative_to(root)), p.read_bytes()) for p in root.rglob("*")
+                  if p.is_file())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_symlinked_subdir_is_never_followed(tmp_path: Path, kind: str) -> None:
+    """A folder whose cur/ is a link (to a place outside the root) stops the run: listing
+    through it would read mail that is not in the maildir, and treating it as empty would
+    delete that folder's mail on the other side."""
+    outside = _outside(tmp_path)
+    a, b = maildir(tmp_path / "a", "Work"), maildir(tmp_path / "b", "Work")
+    deliver(a, "1700000000.M1P1.mine", "Work", "cur", "S")
+    state = _state(tmp_path)
+    assert sync(open_local(a), open_local(b), state, SyncOptions()).counts == {"copy a->b": 1}
+    shutil.rmtree(b / ".Work" / "cur")
+    os.symlink(outside / "cur", b / ".Work" / "cur")
+    before = _snapshot(outside)
+    replica = _open(b, kind)
+    with pytest.raises(ReplicaError, match="symbolic link"):
+        sync(open_local(a), replica, state, SyncOptions())
+    assert _snapshot(outside) == before
+    assert "1600000000.M1P1.secret" not in messages(a) and view(a)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_symlinked_folder_is_never_written_through(tmp_path: Path, kind: str) -> None:
+    outside = _outside(tmp_path)
+    for sub in ("new", "tmp"):
+        (outside / sub).mkdir()
+    a, b = maildir(tmp_path / "a", "Work"), maildir(tmp_path / "b")
+    deliver(a, "1700000000.M1P1.inbox", "INBOX", "cur", "S")
+    deliver(a, "1700000000.M2P1.work", "Work", "cur", "S")
+    os.symlink(outside, b / ".Work")
+    before = _snapshot(outside)
+    report = sync(open_local(a), _open(b, kind), _state(tmp_path), SyncOptions())
+    assert _snapshot(outside) == before, "a delivery went through the link"
+    assert report.counts.get("copy a->b") == 1  # INBOX: the rest of the run proceeds
+    assert any("symbolic link" in s for s in report.skipped), report.skipped
+    assert "1700000000.M2P1.work" in messages(a)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fifos_devices_and_oversized_files_are_refused(tmp_path: Path, kind: str) -> None:
+    a, b = maildir(tmp_path / "a"), maildir(tmp_path / "b")
+    deliver(b, "1700000000.M1P1.fine", "INBOX", "cur", "S")
+    os.mkfifo(b / "cur" / "1700000000.M2P1.fifo:2,S")  # opening it for reading would block
+    with open(b / "cur" / "1700000000.M3P1.huge:2,S", "wb") as f:
+        f.truncate(MAX_MESSAGE + 1)  # sparse: costs no disk
+    odd = {"1700000000.M2P1.fifo", "1700000000.M3P1.huge"}
+    if os.geteuid() == 0:
+        os.mknod(b / "cur" / "1700000000.M4P1.dev:2,S", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        odd.add("1700000000.M4P1.dev")
+    report = sync(open_local(a), _open(b, kind), _state(tmp_path), SyncOptions())
+    assert report.counts == {"copy b->a": 1}
+    assert len(report.skipped) == len(odd), report.skipped
+    assert all(any(k in s for s in report.skipped) for k in odd), report.skipped
+    assert set(messages(a)) == {"1700000000.M1P1.fine"}
+    assert odd <= set(os.listdir(b / "cur")) | {n.split(":")[0] for n in os.listdir(b / "cur")}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unknown_info_suffixes_are_copied_verbatim(tmp_path: Path, kind: str) -> None:
+    a, b = maildir(tmp_path / "a"), maildir(tmp_path / "b")
+    (a / "cur" / "1700000000.M1P1.x:1,experimental").write_bytes(b"one\n")
+    (a / "cur" / "1700000000.M2P1.x:3,future=1").write_bytes(b"two\n")
+    (a / "cur" / "1700000000.M3P1.x:2,S").write_bytes(b"three\n")
+    state = _state(tmp_path)
+    assert sync(open_local(a), _open(b, kind), state, SyncOptions()).counts == {"copy a->b": 3}
+    assert sorted(os.listdir(b / "cur")) == sorted(os.listdir(a / "cur"))
+    assert not sync(open_local(a), _open(b, kind), state, SyncOptions()).counts
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile agents: names the client must refuse
+
+
+FAKE = r'''
+import json, struct, sys
+NAMES, FOLDERS = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+def send(h, data=b""):
+    raw = json.dumps(h).encode()
+    out.write(struct.pack(">IQ", len(raw), len(data)) + raw + data); out.flush()
+while len(prefix := inp.read(12)) == 12:
+    hl, dl = struct.unpack(">IQ", prefix)
+    req = json.loads(inp.read(hl)); inp.read(dl)
+    rid, op = req["id"], req["op"]
+    result = {"hello": {"version": req.get("version")}, "id": "hostile-agent", "clock": 1,
+              "stamps": {f: [1, 1] for f in FOLDERS},
+              "list": {f: NAMES for f in req.get("folders", [])}}.get(op)
+    send({"id": rid, "ok": True, "result": result})
+'''
+
+
+@pytest.mark.parametrize("names,folders", [
+    (["cur/1.M1P1.x\x1b[31m:2,S"], ["INBOX"]),  # a control byte (terminal escape)
+    (["cur/" + "x" * 300], ["INBOX"]),  # longer than a file name can be
+    (["cur/.."], ["INBOX"]),
+    (["new/a\\..\\b"], ["Evil\x07"]),  # a control byte in a folder name
+    ([], ["INBOX", "a/../../b"]),
+    ([], ["INBOX", "/etc"]),
+])
+def test_hostile_names_from_an_agent_are_refused(tmp_path: Path, names: list[str],
+                                                 folders: list[str]) -> None:
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE)
+    a = maildir(tmp_path / "a")
+    before = sorted(tmp_path.rglob("*"))
+    remote = AgentReplica(PipeChannel([sys.executable, str(script), json.dumps(names),
+                                       json.dumps(folders)]), "hostile")
+    with pytest.raises(ReplicaError, match="invalid"):
+        sync(open_local(a), remote, _state(tmp_path), SyncOptions())
+    remote.channel.close()
+    new = [p for p in sorted(tmp_path.rglob("*")) if p not in before]
+    assert all(p.name.startswith(("s.db", "mailmirror-")) or p.parent.name == "locks"
+               for p in new), new
+
+
+# ---------------------------------------------------------------------------------------------
+# a hostile client: whatever it sends, the agent answers or ends cleanly
+
+FIELDS = {"hello": ["version", "layout", "sep", "readonly"], "id": [], "clock": [],
+          "stamps": [], "list": ["folders"], "sizes": ["refs"], "keywords": ["folder"],
+          "add_keywords": ["folder", "names"], "tombstones": ["keys"], "add_tombstones": ["items"],
+          "create_folder": ["folder"], "remove_folder": ["folder"], "read": ["refs"],
+          "deliver": ["refs", "lengths", "mtimes"], "rename": ["sources", "targets"],
+          "delete": ["refs"], "bogus": ["folder"]}
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=12)
+NAME = st.sampled_from(["INBOX", "Work", "../x", "a/../../b", "", ".", "x\x00y", "cur/a",
+                        "new/b", "tmp/c", "cur/../../e", "cur/" + "n" * 300, "new/\x1b", "/etc",
+                        "maildir++", "fs", ":", "/"])
+VALUE = (NAME | st.lists(NAME, max_size=3) | st.lists(st.integers(-2, 9), max_size=3)
+         | st.lists(st.lists(NAME, min_size=2, max_size=2), max_size=3)
+         | st.lists(st.lists(NAME | st.lists(NAME, max_size=2), min_size=4, max_size=4),
+                    max_size=2)
+         | JSON)
+REQUEST = st.sampled_from(sorted(FIELDS)).flatmap(lambda op: st.fixed_dictionaries(
+    {"id": st.integers(0, 9), "op": st.just(op)},
+    optional={f: st.sampled_from([VERSION, 1, 99, "x"]) if f == "version" else VALUE
+              for f in FIELDS[op]}))
+
+
+@settings(max_examples=150)
+@given(st.lists(st.tuples(REQUEST, st.binary(max_size=8)), min_size=1, max_size=6),
+       st.integers(0, 40))
+def test_agent_survives_any_request(tmp_path_factory: pytest.TempPathFactory,
+                                    requests: list[tuple[dict, bytes]], cut: int) -> None:
+    top = tmp_path_factory.mktemp("fuzz")
+    root = top / "m"
+    hello = encode_frame({"id": 0, "op": "hello", "version": VERSION, "layout": "maildir++"})
+    stream = hello + b"".join(encode_frame(h, d) for h, d in requests)
+    if cut:
+        stream = stream[:-cut]  # and sometimes a frame cut short
+    out = io.BytesIO()
+    status = serve(str(root), io.BytesIO(stream), out)
+    assert status in (0, 2)
+    out.seek(0)
+    while (frame := read_frame(out.read)) is not None:
+        assert isinstance(frame.header.get("ok"), bool)
+    assert sorted(p.name for p in top.iterdir()) == ["m"], "something was written outside"
+
+
+def test_a_length_prefix_past_the_caps_is_refused_without_allocating(tmp_path: Path) -> None:
+    hello = encode_frame({"id": 0, "op": "hello", "version": VERSION})
+    huge = struct.pack(">IQ", 2, 1 << 62) + b"{}"
+    out = io.BytesIO()
+    assert serve(str(tmp_path / "m"), io.BytesIO(hello + huge), out) == 2
+    out.seek(0)
+    replies = [f.header for f in iter(lambda: read_frame(out.read), None)]
+    assert replies[-1]["ok"] is False and "frame data" in replies[-1]["error"]
