@@ -212,7 +212,7 @@ def test_agent_survives_any_request(tmp_path_factory: pytest.TempPathFactory,
     out.seek(0)
     while (frame := read_frame(out.read)) is not None:
         assert isinstance(frame.header.get("ok"), bool)
-    assert sorted(p.name for p in top.iterdir()) == ["m"], "something was written outside"
+    assert {p.name for p in top.iterdir()} <= {"m"}, "something was written outside"
 
 
 def test_a_length_prefix_past_the_caps_is_refused_without_allocating(tmp_path: Path) -> None:
