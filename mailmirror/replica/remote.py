@@ -31,6 +31,10 @@ from mailmirror.transport.protocol import (
 MAX_LISTED = 10_000_000
 
 
+class WatchUnavailable(ReplicaError):
+    """The agent cannot watch its maildir (the kernel's inotify limits): poll instead."""
+
+
 class Channel(Protocol):
     """A two-way byte stream to an agent."""
 
@@ -255,8 +259,8 @@ class AgentReplica:
 
         Yields the set of folders that changed, or None when the agent's kernel dropped events
         (sync everything). Blocks between events; the agent sends a heartbeat (an empty set)
-        every few seconds of quiet. Raises ReplicaError when the connection ends or the agent
-        cannot watch; after watch() the replica serves nothing else.
+        every few seconds of quiet. Raises WatchUnavailable when the agent cannot watch, and
+        ReplicaError when the connection ends; after watch() the replica serves nothing else.
         """
         self._call("watch")
         self._watching = True
@@ -277,6 +281,8 @@ class AgentReplica:
                 yield None
             elif event == "alive":
                 yield set()
+            elif event == "unavailable":
+                raise WatchUnavailable(f"{self.label}: {str(header.get('error'))[:300]}")
             elif event == "changed" and isinstance(header.get("folders"), list):
                 for folder in header["folders"]:
                     self._check_folder(folder)

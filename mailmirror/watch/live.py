@@ -23,7 +23,7 @@ from mailmirror.errors import LockedError, MailmirrorError, SafetyStop, StoreErr
 from mailmirror.jobs import Job, Pair, Runner
 from mailmirror.replica.base import Replica
 from mailmirror.replica.local import LocalReplica
-from mailmirror.replica.remote import AgentReplica
+from mailmirror.replica.remote import AgentReplica, WatchUnavailable
 from mailmirror.sync.engine import SyncReport
 from mailmirror.watch.observe import FolderWatcher, WatchLimit
 
@@ -224,11 +224,10 @@ class Live:
                                "queue overflowed")
                 elif folders:
                     self._post(i, epoch, "changed", folders)
+        except WatchUnavailable as exc:
+            self.log(f"{_line(exc)}; polling every {self.options.poll:g} s instead")
+            self._poll_until(i, epoch)
         except (MailmirrorError, OSError) as exc:
-            if "cannot watch" in str(exc):
-                self.log(f"{_line(exc)}; polling every {self.options.poll:g} s instead")
-                self._poll_until(i, epoch)
-                return
             self._post(i, epoch, "lost", _line(exc))
 
     def _start_poll(self, i: int, slot: _Slot) -> None:

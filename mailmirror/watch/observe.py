@@ -45,11 +45,11 @@ class _Overflow(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.listeners: list[Callable[[], None]] = []
-        self.lock = threading.Lock()
+        self.guard = threading.Lock()  # not `lock`: logging.Handler holds that one in emit()
 
     def emit(self, record: logging.LogRecord) -> None:
         if "overflow" in record.getMessage().lower():
-            with self.lock:
+            with self.guard:
                 listeners = list(self.listeners)
             for listener in listeners:
                 listener()
@@ -76,8 +76,9 @@ class FolderWatcher:
         handler = _Handler(self)
         observer = Observer()
         observer.schedule(handler, self.root, recursive=True, event_filter=EVENTS)
-        with _overflow.lock:
+        with _overflow.guard:
             _overflow.listeners.append(self.on_overflow)
+        before = _kernel_watches()
         try:
             observer.start()
         except OSError as exc:
@@ -87,6 +88,12 @@ class FolderWatcher:
                                  "fs.inotify.max_user_watches / max_user_instances") from None
             raise
         self._observer = observer
+        # watchdog skips subdirectories it cannot watch without a word; the kernel's own
+        # count says whether every directory got its watch
+        if _kernel_watches() - before < _directories(self.root):
+            self.stop()
+            raise WatchLimit(errno.ENOSPC, "inotify watch limit reached: raise it with sysctl "
+                             "fs.inotify.max_user_watches")
 
     def stop(self) -> None:
         observer, self._observer = self._observer, None
@@ -96,7 +103,7 @@ class FolderWatcher:
             observer.join(timeout=5)
 
     def _forget_overflow(self) -> None:
-        with _overflow.lock:
+        with _overflow.guard:
             if self.on_overflow in _overflow.listeners:
                 _overflow.listeners.remove(self.on_overflow)
 
@@ -113,6 +120,32 @@ class FolderWatcher:
             if folder is not None:
                 out.add(folder)
         return out
+
+
+def _kernel_watches() -> int:
+    """inotify watches this process holds, from /proc/self/fdinfo (0 where that is absent)."""
+    count = 0
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as info:
+                count += sum(line.startswith("inotify wd:") for line in info)
+        except OSError:
+            continue
+    return count
+
+
+def _directories(root: str) -> int:
+    """The directories a recursive watch of `root` needs (symlinks are not followed)."""
+    if not os.path.isdir("/proc/self/fdinfo"):
+        return 0  # no way to count the kernel's watches: trust watchdog
+    return 1 + sum(not os.path.islink(os.path.join(top, d))
+                   for top, dirs, _ in os.walk(root) for d in dirs)
 
 
 class _Handler(FileSystemEventHandler):

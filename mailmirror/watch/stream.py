@@ -47,9 +47,7 @@ def stream_changes(replica: LocalReplica, rid: object, stdin: BinaryIO,
     try:
         watcher.start()
     except WatchLimit as exc:
-        stdout.write(encode_frame({"id": rid, "ok": False, "kind": "replica", "fatal": False,
-                                   "error": f"cannot watch {replica.root}: {exc.strerror}"}))
-        stdout.flush()
+        send({"event": "unavailable", "error": f"cannot watch {replica.root}: {exc.strerror}"})
         return 1
     try:
         while not closed.is_set():
