@@ -55,6 +55,7 @@ class _Slot:
     delay: float = 0.0
     stopped_by: str = ""  # a safety stop's message, until a sync succeeds again
     last: SyncReport | None = None
+    synced_at: float = 0.0  # wall clock of the last sync that completed
 
 
 class Live:
@@ -301,6 +302,7 @@ class Live:
             self.log(f"resumed: {self._name(slot)}")
             slot.stopped_by = ""
         slot.last = report
+        slot.synced_at = time.time()
         for line in report.notices:
             self.log(f"{self._name(slot)}: {line}")
         for line in report.skipped:
@@ -324,9 +326,11 @@ class Live:
                 parts.append(f"{slot.job.a}: offline, retry in {wait:.0f} s")
             elif slot.stopped_by:
                 parts.append(f"{slot.job.a}: stopped (safety)")
+            elif slot.synced_at:
+                when = time.strftime("%H:%M:%S", time.localtime(slot.synced_at))
+                parts.append(f"{slot.job.a} <-> {slot.pair.b_address}: synced at {when}")
             else:
-                when = time.strftime("%H:%M:%S")
-                parts.append(f"{slot.job.a} <-> {slot.pair.b_address}: in sync at {when}")
+                parts.append(f"{slot.job.a} <-> {slot.pair.b_address}: syncing")
         self.status(" | ".join(parts))
 
 

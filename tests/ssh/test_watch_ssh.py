@@ -122,3 +122,36 @@ def test_profile_falls_over_to_the_backup_and_returns_to_main(ssh_rig: SshRig,
     switched = [line for line in watch.lines if "remote switched:" in line]
     assert "backup:Maildir" in switched[0] and "main:Maildir" in switched[1], switched
     assert len(keys(laptop)) == 4
+
+
+def test_one_watch_serves_every_user_of_a_profile(ssh_rig: SshRig, tmp_path: Path) -> None:
+    server = home_server(ssh_rig, "a", tmp_path / "server")
+    ssh_rig.point(server)
+    users = ("alice", "bob")
+    for user in users:
+        maildir(tmp_path / "server" / f"Maildir-{user}")
+        maildir(tmp_path / "local" / user)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[profile.all]\n"
+        f'local = "{tmp_path}/local/{{user}}"\n'
+        'remotes = ["mailhost:Maildir-{user}"]\n'
+        f'users = {list(users)!r}\n'.replace("'", '"') +
+        f'remote_command = "{AGENT_COMMAND}"\n'
+        f'ssh_config = "{ssh_rig.ssh_config}"\n'
+        f'identity = "{ssh_rig.user_key}"\n'
+        f'known_hosts = "{ssh_rig.known_hosts}"\n')
+    cli = make_cli(tmp_path)
+    with Watch(cli, ["all", "--config", str(config), "--state", str(tmp_path / "s.db")]) as watch:
+        watch.wait_log("connected", count=2)
+        for i, user in enumerate(users):
+            deliver(tmp_path / "server" / f"Maildir-{user}", f"170000030{i}.M1P1.{user}")
+            deliver(tmp_path / "local" / user, f"170000031{i}.M1P1.{user}-laptop")
+        for user in users:
+            local, remote = tmp_path / "local" / user, tmp_path / "server" / f"Maildir-{user}"
+            watch.wait_for(lambda local=local, remote=remote: len(keys(local)) == 2
+                           and keys(local) == keys(remote), SETTLE, f"{user} in sync")
+        assert watch.stop() == 0, watch.log()
+    assert all(user in " ".join(keys(tmp_path / "local" / user)) for user in users)
+    sessions = [line for line in server.log_text().splitlines() if "Accepted publickey" in line]
+    assert len(sessions) == 1, sessions  # every user through one SSH connection
