@@ -173,7 +173,7 @@ def make_folder(root: Path, folder: str) -> Path:
     return path
 
 
-def _apportion(n: int) -> list[int]:
+def apportion(n: int) -> list[int]:
     """Split n messages over FOLDERS by share (largest remainders), deterministically."""
     total = sum(share for _, share, _ in FOLDERS)
     exact = [n * share / total for _, share, _ in FOLDERS]
@@ -196,7 +196,7 @@ def generate(root: Path, messages: int, seed: int) -> TreeSummary:
     pools = _Pools(seed)
     serial = itertools.count(1)
     total = 0
-    for (folder, _, profile), count in zip(FOLDERS, _apportion(messages), strict=True):
+    for (folder, _, profile), count in zip(FOLDERS, apportion(messages), strict=True):
         path = make_folder(root, folder)
         weights, new_share = PROFILES[profile]
         flag_sets = [f for f, _ in weights]
