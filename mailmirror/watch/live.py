@@ -24,7 +24,6 @@ from mailmirror.jobs import Job, Pair, Runner
 from mailmirror.replica.base import Replica
 from mailmirror.replica.local import LocalReplica
 from mailmirror.replica.remote import AgentReplica, WatchUnavailable
-from mailmirror.sync.engine import SyncReport
 from mailmirror.watch.observe import FolderWatcher, WatchLimit
 
 Log = Callable[[str], None]
@@ -54,7 +53,6 @@ class _Slot:
     retry_at: float = 0.0
     delay: float = 0.0
     stopped_by: str = ""  # a safety stop's message, until a sync succeeds again
-    last: SyncReport | None = None
     synced_at: float = 0.0  # wall clock of the last sync that completed
 
 
@@ -287,6 +285,8 @@ class Live:
             if slot.stopped_by != str(exc):
                 self.log(f"stopped: {_line(exc)} (retried every {self.options.interval:g} s)")
             slot.stopped_by = str(exc)
+            slot.dirty = True
+            slot.retry_at = time.monotonic() + self.options.interval
             return
         except (StoreError, sqlite3.Error):
             raise
@@ -301,7 +301,6 @@ class Live:
         if slot.stopped_by:
             self.log(f"resumed: {self._name(slot)}")
             slot.stopped_by = ""
-        slot.last = report
         slot.synced_at = time.time()
         for line in report.notices:
             self.log(f"{self._name(slot)}: {line}")

@@ -6,10 +6,13 @@ over a real sshd, SFTP polled), and stops cleanly on SIGTERM with the lock relea
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.e2e.conftest import Pair, Replica, read_messages
 from tests.e2e.watchkit import has_message, watch_pair
@@ -141,3 +144,27 @@ def test_cron_and_watch_run_side_by_side(pair: Pair) -> None:
         assert watch.stop() == 0, watch.log()
     pair.assert_in_sync()
     pair.assert_nothing_planned()
+
+
+@pytest.mark.parametrize("pair", ["local"], indirect=True)
+def test_a_safety_stop_pauses_the_pair_and_deletes_nothing(pair: Pair) -> None:
+    msgids = [pair.a.save(f"keep{i}") for i in range(25)]
+    pair.sync()
+    hidden = pair.b.root.with_name("B-unmounted")
+    with watch_pair(pair, "--interval", "1") as watch:
+        watch.wait_log("connected")
+        pair.b.root.rename(hidden)  # the disk holding B is unmounted: an empty maildir appears
+        for sub in ("cur", "new", "tmp"):
+            (pair.b.root / sub).mkdir(parents=True)
+        pair.b.user.own(pair.b.root)
+        pair.a.save("arrives-meanwhile")
+        watch.wait_log("stopped:")
+        time.sleep(2.5)  # retried every interval, said once
+        assert sum("stopped:" in line for line in watch.lines) == 1, watch.log()
+        assert all(has_message(pair.a.root, m) for m in msgids), "A lost mail"
+        shutil.rmtree(pair.b.root)
+        hidden.rename(pair.b.root)  # mounted again
+        watch.wait_log("resumed:")
+        assert watch.stop() == 0, watch.log()
+    pair.assert_in_sync()
+    assert len(read_messages(pair.b.root)) == 26
