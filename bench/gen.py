@@ -21,9 +21,11 @@ from pathlib import Path
 
 from bench.maildir import (
     INBOX,
+    Identify,
     Key,
     Listing,
     State,
+    by_name,
     folder_dir,
     format_name,
     scan,
@@ -322,20 +324,23 @@ def plan_delta(tree: Listing, seed: int) -> Delta:
     )
 
 
-def apply_side(root: Path, side: SideDelta) -> list[Key]:
+def apply_side(root: Path, side: SideDelta, identify: Identify = by_name) -> list[Key]:
     """Make one side's changes in the tree at `root`, locating messages by key (a tool may have
-    renamed them); new messages are written to tmp/ and renamed, as an MDA does.
+    renamed them, or written copies under names of its own: see `identify`). A flag change
+    renames the file as a mail client does, keeping its name up to the info; new messages are
+    written to tmp/ and renamed, as an MDA does.
 
     Returns the keys that could not be found (a sync that lost them is broken).
     """
-    entries = scan(root).entries
+    entries = scan(root, identify).entries
     lost = []
     for change in side.flag_changes:
         entry = entries.get(change.key)
         if entry is None:
             lost.append(change.key)
             continue
-        target = folder_dir(root, entry.folder) / "cur" / format_name(change.key[1], change.flags)
+        unique = split_name(entry.name)[0]
+        target = folder_dir(root, entry.folder) / "cur" / format_name(unique, change.flags)
         os.rename(entry.path(root), target)
     for key in side.deletions:
         entry = entries.get(key)

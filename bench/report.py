@@ -42,7 +42,7 @@ class Result:
     peaks_mb: list[float] = field(default_factory=list)
     remote_peaks_mb: list[float] = field(default_factory=list)  # over SSH: the remote side
     problems: list[tuple[int, str]] = field(default_factory=list)  # (run, what is wrong)
-    note: str = ""  # why the cell is empty, e.g. the case does not apply to the tool
+    note: str = ""  # why the cell is empty (n/a), or how the tool's expected result differs
 
     @property
     def median(self) -> float | None:
@@ -206,7 +206,9 @@ class Report:
             peak = "-" if r.peak_mb is None else f"{r.peak_mb:.1f}"
             runs = " ".join(f"{s:.2f}" for s in r.seconds) or "-"
             runs_wrong = sorted({run for run, _ in r.problems})
-            check = f"WRONG in runs {_runs(runs_wrong)}" if r.problems else r.note or "ok"
+            check = r.note or "ok"
+            if r.problems:
+                check = f"WRONG in runs {_runs(runs_wrong)}" + (f"; {r.note}" if r.note else "")
             ratio_text = "-" if ratio is None else f"{ratio:.2f}"
             far = "-" if r.remote_peak_mb is None else f"{r.remote_peak_mb:.1f}"
             cells = [case, tool, median, ratio_text, peak] + ([far] if remote else [])
@@ -265,6 +267,7 @@ class Report:
                     "median": r.median,
                     "ratio_to_mailmirror": self.ratio(r.case, r.tool),
                     "peak_mb": r.peak_mb,
+                    "note": r.note,
                     "remote_peak_mb": r.remote_peak_mb,
                     "problems": [{"run": run, "problem": text} for run, text in r.problems],
                 }

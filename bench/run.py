@@ -1,4 +1,5 @@
-"""The benchmark command: mailmirror beside unison, rsync and doveadm sync on identical trees.
+"""The benchmark command: mailmirror beside unison, rsync, doveadm sync and mbsync on identical
+trees.
 
 For every repeat and tool, one chain on a fresh copy of the generated tree: first copy A -> B
 (B absent), then a no-change sync, then the delta sync; each timed, each checked against what the
@@ -27,14 +28,24 @@ if __package__ in (None, ""):  # run as a script: make the `bench` package impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import gen  # noqa: E402
-from bench.maildir import SUBDIRS, State, iter_folders, scan, verify  # noqa: E402
+from bench.maildir import (  # noqa: E402
+    SUBDIRS,
+    Identify,
+    MessageIds,
+    State,
+    by_name,
+    iter_folders,
+    scan,
+    split_name,
+    verify,
+)
 from bench.measure import Measurement, check_gnu_time, measure  # noqa: E402
 from bench.report import MM, MM_SFTP, Report, Result, case_names  # noqa: E402
 from bench.ssh import check_ssh, loopback  # noqa: E402
 from bench.tools import Local, Pair, Tool, Transport, make_tools  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TOOLS = ("mailmirror", "mailmirror-sftp", "unison", "rsync", "doveadm")
+TOOLS = ("mailmirror", "mailmirror-sftp", "unison", "rsync", "doveadm", "mbsync")
 TIMEOUT = 1800.0
 BACKDATE = 10.0
 """Seconds by which cur/ and new/ mtimes are set back before the no-change runs: mailmirror
@@ -95,6 +106,11 @@ def backdate(pair: Pair, seconds: float) -> None:
                 os.utime(path / sub, (when, when))
 
 
+def differs(notes: list[str]) -> str:
+    """The check column's note for a tool whose expected result differs from a mirror's."""
+    return "differs: " + "; ".join(notes) if notes else ""
+
+
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -104,14 +120,26 @@ class Bench:
 
     def __init__(self, tree: Path, work: Path, seed: int) -> None:
         self.tree, self.work = tree, work
-        listing = scan(tree)
+        self.listing = listing = scan(tree)
         self.before: State = listing.state()
         self.delta = gen.plan_delta(listing, seed)
-        self.after: State = self.delta.expected(self.before)
         self.transports: list[str] = []
         self.results: dict[tuple[str, str], Result] = {}
         self.kept: Path | None = None
         self.load_max = 0.0
+        self.message_ids: MessageIds | None = None
+
+    def identify(self, tool: Tool) -> Identify:
+        """How the checks find a tool's messages: by name, or by Message-ID for a tool that
+        writes copies under names of its own (the map is built on first use)."""
+        if not tool.renames:
+            return by_name
+        if self.message_ids is None:
+            self.message_ids = MessageIds()
+            self.message_ids.add_tree(self.tree, self.listing)
+            for msg in self.delta.a.new + self.delta.b.new:
+                self.message_ids.add(msg.data, split_name(msg.name)[0])
+        return self.message_ids
 
     def add(self, transport: Transport, tools: list[Tool]) -> list[Tool]:
         """Add the cases of one transport for the tools that support it; return those tools."""
@@ -120,7 +148,7 @@ class Bench:
         chosen = [t for t in tools if t.supports(transport)]
         for tool in chosen:
             for case in (first, nochange, changed):
-                result = Result(case, tool.name)
+                result = Result(case, tool.name, note=differs(tool.differs()))
                 if case == changed and not tool.two_way:
                     result.note = "n/a (one-way)"
                 self.results[(case, tool.name)] = result
@@ -144,9 +172,11 @@ class Bench:
         want: State,
         run: int,
         idle: bool = False,
+        want_b: State | None = None,
     ) -> bool:
-        """Time one sync and check the trees afterwards; False when the chain should stop (the
-        tool failed, or mailmirror left the trees wrong: those are kept, see `keep`)."""
+        """Time one sync and check that A holds `want` and B `want_b` (by default the same)
+        afterwards; False when the chain should stop (the tool failed, or mailmirror left the
+        trees wrong: those are kept, see `keep`)."""
         m = self.run(tool, transport, pair)
         result = self.results[(case, tool.name)]
         failure = m.failure()
@@ -154,7 +184,7 @@ class Bench:
             result.problems.append((run, failure))
             log(f"  {tool.name:15} {case:20} run {run}: FAILED {failure}")
             return False
-        problems = verify(pair.a, pair.b, want)
+        problems = verify(pair.a, pair.b, want, want_b, self.identify(tool), tool.added_header)
         if idle and (why := tool.idle_problem(m.stdout)):
             problems.append(why)
         result.seconds.append(m.seconds)
@@ -207,19 +237,24 @@ class Bench:
             return
         if not tool.two_way:
             return
-        lost = gen.apply_side(pair.a, self.delta.a) + gen.apply_side(pair.b, self.delta.b)
+        identify = self.identify(tool)
+        lost = gen.apply_side(pair.a, self.delta.a, identify)
+        lost += gen.apply_side(pair.b, self.delta.b, identify)
         tool.prepare(pair)
+        result = self.results[(changed, tool.name)]
         if lost:
-            self.results[(changed, tool.name)].problems.append(
+            result.problems.append(
                 (run, f"{len(lost)} messages to change were not found before the delta")
             )
-        self.timed(changed, tool, transport, pair, self.after, run)
+        want_a, want_b, notes = tool.expected(self.before, self.delta)
+        result.note = differs(notes)
+        self.timed(changed, tool, transport, pair, want_a, run, want_b=want_b)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run",
-        description="mailmirror beside unison, rsync and doveadm sync (see bench/README.md)",
+        description="mailmirror beside unison, rsync, doveadm sync, mbsync (see bench/README.md)",
     )
     parser.add_argument("--messages", type=int, default=100_000, help="tree size (>= 1000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case; medians are shown")

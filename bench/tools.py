@@ -8,8 +8,9 @@ Transports: replica B is either local (`Local`) or behind the loopback sshd of `
 (unison `ssh://127.0.0.1//abs/B` plus `-sshargs`, rsync `-e 'ssh -F cfg -p port'`, mailmirror
 `ssh://127.0.0.1:port/abs/B` with the rig's key, known_hosts and ssh_config), and starts its
 remote half through the endpoint's `remote_time` wrapper so that the remote peak memory is
-measured too. Tools that cannot sync over SSH (doveadm) or only over SSH (mailmirror --sftp) say
-so in `supports`.
+measured too. Tools that cannot sync over SSH (doveadm, mbsync) or only over SSH (mailmirror
+--sftp) say so in `supports`. A tool whose documented semantics differ from a mirror's (mbsync
+flags deletions instead of removing them) says what it must leave in `expected`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from bench.gen import Delta
+from bench.maildir import Key, State
 
 DOVEADM_USER = "mmbench"
 """Dovecot refuses mail access as root: when run as root, doveadm's trees belong to this user."""
@@ -114,10 +118,16 @@ class Command:
 
 
 class Tool:
-    """A sync tool under test. `two_way` tools run the delta case; rsync is the one-way floor."""
+    """A sync tool under test. `two_way` tools run the delta case; rsync is the one-way floor.
+    A tool that `renames` writes copies under file names of its own, so the checks find its
+    messages by Message-ID (`bench.maildir.MessageIds`) instead of by name."""
 
     name: str
     two_way = True
+    renames = False
+    added_header = b""
+    """A header line the tool writes into every copy (mbsync's X-TUID): the size and content
+    checks compare messages without it, and the table says so."""
 
     def check_ready(self) -> str | None:
         """Do one-off setup if needed; return why the tool cannot run here, or None."""
@@ -140,6 +150,16 @@ class Tool:
     def idle_problem(self, stdout: str) -> str | None:
         """For a sync that had nothing to do: why its output says it did something, or None."""
         return None
+
+    def differs(self) -> list[str]:
+        """How every result of this tool differs from a mirror's, as the checks allow for."""
+        return [f"{self.added_header.decode()} header added to copies"] if self.added_header else []
+
+    def expected(self, before: State, delta: Delta) -> tuple[State, State, list[str]]:
+        """What trees A and B must hold after the delta sync, and how that differs from a
+        mirror's result (the same state on both) by the tool's documented semantics."""
+        after = delta.expected(before)
+        return after, after, self.differs()
 
 
 class Mailmirror(Tool):
@@ -278,6 +298,72 @@ class Doveadm(Tool):
         return Command(argv, dict(os.environ, USER="bench", HOME=str(s / "home")))
 
 
+MBSYNCRC = """\
+# Written by bench/tools.py: A is the far side, B the near side; both Maildir++.
+MaildirStore a
+Inbox {a}
+SubFolders Maildir++
+
+MaildirStore b
+Inbox {b}
+SubFolders Maildir++
+
+Channel bench
+Far :a:
+Near :b:
+Patterns *
+Create Both
+Expunge None
+Sync All
+SyncState {s}/
+"""
+
+
+class Mbsync(Tool):
+    """mbsync (isync) between two local MaildirStores, with the sync state out of the trees.
+
+    Local only: mbsync reaches a remote store over IMAP (a `Tunnel` can start an IMAP server
+    over SSH), never a Maildir over SSH. It names the files it writes itself
+    (`<time>.<pid>_<n>.<host>,U=<uid>:2,<flags>`) and appends `,U=<uid>` to the names of the
+    files it finds, hence `renames`. `Expunge None` (its default): with `Expunge Both` every
+    message flagged T on either side would be removed, so a deletion is propagated as the T flag
+    on the other side."""
+
+    name = "mbsync"
+    renames = True
+    added_header = b"X-TUID"
+
+    def supports(self, transport: Transport) -> bool:
+        return transport.ssh is None
+
+    def check_ready(self) -> str | None:
+        return None if shutil.which("mbsync") else "mbsync not found (apt-get install isync)"
+
+    def prepare(self, pair: Pair) -> None:
+        (pair.state / "mbsync").mkdir(parents=True, exist_ok=True)
+        rc = MBSYNCRC.format(a=pair.a, b=pair.b, s=pair.state / "mbsync")
+        (pair.state / "mbsyncrc").write_text(rc)
+
+    def command(self, pair: Pair, transport: Transport) -> Command:
+        argv = ["mbsync", "-c", str(pair.state / "mbsyncrc"), "-q", "bench"]
+        return Command(argv, dict(os.environ))
+
+    def expected(self, before: State, delta: Delta) -> tuple[State, State, list[str]]:
+        """A deletion on one side leaves the other side's copy in place, flagged T (in cur/),
+        as `Sync Delete` does without `Expunge`."""
+        after = delta.expected(before)
+
+        def keeping(deleted: tuple[Key, ...]) -> State:
+            state = dict(after)
+            for key in deleted:
+                state[key] = ("cur", "".join(sorted(set(before[key][1]) | {"T"})))
+            return state
+
+        kept = len(delta.a.deletions) + len(delta.b.deletions)
+        notes = self.differs() + [f"{kept} deletions only flagged T on the other side"]
+        return keeping(delta.b.deletions), keeping(delta.a.deletions), notes
+
+
 def _user_exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
@@ -294,6 +380,7 @@ def make_tools(names: list[str], mailmirror_exe: str) -> list[Tool]:
         "unison": Unison(),
         "rsync": Rsync(),
         "doveadm": Doveadm(),
+        "mbsync": Mbsync(),
     }
     unknown = [n for n in names if n not in known]
     if unknown:
