@@ -95,9 +95,9 @@ def sync(
         help="Private key for SSH (default: ssh-agent and ~/.ssh/id_*).")] = None,
     known_hosts: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         help="known_hosts file (default ~/.ssh/known_hosts).")] = None,
-    remote_command: Annotated[str, typer.Option(
-        help="How to start the agent on the remote; the maildir path is appended, quoted.")]
-    = "mailmirror agent",
+    remote_command: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="How to start the agent on the remote; the maildir path is appended, quoted "
+        "(default: the profile's remote_command, else 'mailmirror agent').")] = None,
     remote: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--remote", help="With a profile: use this remote (host or address) only.")] = None,
     sftp: Annotated[bool, typer.Option(
@@ -179,7 +179,9 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
         profile = load_profile(config or paths.default_config_path(), a)
         safety_options = (safety or Safety()).options(profile.max_delete,
                                                       profile.quarantine_days)
-        jobs = [Job(pa, candidates, command) for pa, candidates, command in profile.pairs]
+        explicit = ssh.remote_command is not None  # --remote-command beats the profile
+        jobs = [Job(pa, candidates, None if explicit else command)
+                for pa, candidates, command in profile.pairs]
         layout, separator, prefer = profile.layout, profile.separator, profile.prefer
         timeout = profile.timeout
         from_profile = {"config": profile.ssh_config, "identity": profile.identity,
@@ -228,9 +230,9 @@ def watch(
         help="Private key for SSH (default: ssh-agent and ~/.ssh/id_*).")] = None,
     known_hosts: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         help="known_hosts file (default ~/.ssh/known_hosts).")] = None,
-    remote_command: Annotated[str, typer.Option(
-        help="How to start the agent on the remote; the maildir path is appended, quoted.")]
-    = "mailmirror agent",
+    remote_command: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="How to start the agent on the remote; the maildir path is appended, quoted "
+        "(default: the profile's remote_command, else 'mailmirror agent').")] = None,
     remote: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--remote", help="With a profile: use this remote (host or address) only.")] = None,
     sftp: Annotated[bool, typer.Option(

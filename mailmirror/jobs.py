@@ -144,8 +144,8 @@ class Runner:
             replica = session.open_agent(parsed.path, s.layout, s.separator, readonly,
                                          command=command)
         except AgentMissing as exc:
-            self.notice(f"{exc.args[0].split(':')[0]}: no mailmirror agent there, using SFTP "
-                        "(slower; install mailmirror on the remote for speed)")
+            self.notice(f"{exc.host}: no `{exc.command}` there, using SFTP (slower; install "
+                        "mailmirror on the remote, or fix --remote-command, for speed)")
             return session.open_sftp(parsed.path, s.layout, s.separator, readonly)
         self.opened.append((replica, session))
         return replica

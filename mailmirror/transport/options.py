@@ -13,7 +13,7 @@ class SshOptions:
     config: Path | None = None
     identity: Path | None = None
     known_hosts: Path | None = None
-    remote_command: str = DEFAULT_AGENT
+    remote_command: str | None = None  # None: the profile's, else DEFAULT_AGENT
     connect_timeout: float = 15.0
     io_timeout: float = 300.0
     keepalive: float = 15.0

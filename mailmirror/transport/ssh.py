@@ -23,13 +23,19 @@ from mailmirror.replica.remote import AgentReplica
 from mailmirror.replica.sftp import SftpReplica, open_sftp
 from mailmirror.transport.address import Remote
 from mailmirror.transport.loop import LoopThread
-from mailmirror.transport.options import SshOptions
+from mailmirror.transport.options import DEFAULT_AGENT, SshOptions
 
 T = TypeVar("T")
 
 
 class AgentMissing(ReplicaError):
     """The remote has no `mailmirror agent` at the configured command: SFTP can stand in."""
+
+    def __init__(self, host: str, command: str) -> None:
+        super().__init__(f"{host}: `{command}` was not found on the remote: install mailmirror "
+                         "there, or point --remote-command at it (or use --sftp)")
+        self.host = host
+        self.command = command
 
 
 def _reason(exc: BaseException) -> str:
@@ -79,9 +85,7 @@ class SshChannel:
         status = self.process.exit_status
         first = err.splitlines()[0] if err else ""
         if status == 127:
-            raise AgentMissing(
-                f"{self.session.host}: `{self.command}` was not found on the remote: install "
-                "mailmirror there, or point --remote-command at it (or use --sftp)")
+            raise AgentMissing(self.session.host, self.command)
         if status not in (None, 0) or first:
             raise ReplicaError(f"{self.session.host}: the agent exited with status {status}"
                                + (f": {first}" if first else ""))
@@ -210,7 +214,7 @@ class SshSession:
 
         COMMAND defaults to the session's --remote-command; PATH is shell-quoted.
         """
-        program = command or self.options.remote_command
+        program = command or self.options.remote_command or DEFAULT_AGENT
         command = f"{program} {shlex.quote(path)}"
 
         async def start() -> asyncssh.SSHClientProcess:
