@@ -7,7 +7,6 @@ folder. Pure: no file system access here; hostile names are rejected, never clea
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 
@@ -57,7 +56,8 @@ def key_of(unique: str) -> str:
 
 def check_name(name: str) -> None:
     """Raise InvalidName for a name that must never be turned into a path."""
-    if not name or name in (".", "..") or len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
+    size = len(name) if name.isascii() else len(name.encode("utf-8", "surrogateescape"))
+    if not name or name in (".", "..") or size > MAX_NAME:
         raise InvalidName(f"invalid message file name {name!r}")
     if _FORBIDDEN.search(name):
         raise InvalidName(f"message file name {name!r} contains a separator or control byte")
@@ -90,6 +90,8 @@ def fresh_unique(key: str, salt: str) -> str:
     Deterministic (the planner is pure), distinct per salt, and keeps the `,S=`/`,W=` fields
     so readers still know the size without stat().
     """
+    import hashlib  # rarely needed, and OpenSSL costs 3.5 MB of every run's memory
+
     head, comma, fields = key.partition(",")
     digest = hashlib.sha1(f"{key}\0{salt}".encode("utf-8", "surrogateescape")).hexdigest()[:10]
     return f"{head}.mm{digest}{comma}{fields}"

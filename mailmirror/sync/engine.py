@@ -34,10 +34,11 @@ from mailmirror.sync.model import (
     Rekey,
     Side,
 )
-from mailmirror.sync.scan import Loc, Scan, details, scan, side_code
+from mailmirror.sync.scan import Loc, Scan, details, odd_info, scan, side_code
 from mailmirror.sync.state import BaseRow, FolderRow, SyncState
 
 ProgressFn = Callable[[str, int, int], None]
+_Copied = tuple[int, Copy, Result, int]  # decision index, action, outcome, bytes delivered
 PLAN_SLICE = 2000  # keys planned and executed together
 
 
@@ -94,12 +95,14 @@ class SyncReport:
         }
 
 
+_COUNTERS = {(kind, s): f"{name} {s.value}" for kind, name in
+             ((Move, "move"), (Delete, "delete"), (Rekey, "rekey")) for s in Side}
+_COUNTERS.update({(Copy, s): f"copy {s.value}->{s.other.value}" for s in Side})
+
+
 def describe(action: Copy | Move | Delete | Rekey) -> str:
     """The counter name of an action: kind and direction, e.g. 'copy a->b', 'move b'."""
-    if isinstance(action, Copy):
-        return f"copy {action.source.value}->{action.side.value}"
-    kind = {Move: "move", Delete: "delete", Rekey: "rekey"}[type(action)]
-    return f"{kind} {action.side.value}"
+    return _COUNTERS[type(action), action.source if type(action) is Copy else action.side]
 
 
 def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> SyncReport:
@@ -189,9 +192,9 @@ def _tombstones(replicas: dict[Side, Replica], found: Scan) -> dict[str, Entry]:
     for key in found.candidates:
         if key in found.base:
             continue
-        here = [s for s in Side if key in found.current[s]]
-        if len(here) == 1:
-            wanted[here[0].other].append(key)
+        in_a, in_b = key in found.current[Side.A], key in found.current[Side.B]
+        if in_a != in_b:
+            wanted[Side.B if in_a else Side.A].append(key)
     out: dict[str, Entry] = {}
     for side, keys in wanted.items():
         out.update(replicas[side].tombstones(sorted(keys)))
@@ -330,13 +333,15 @@ class _Executor:
             if any(isinstance(a, Rekey) for a in decision.actions):
                 self.ready.extend((k, None) for k in decision.base)
             return
-        for key, entry in decision.base.items():
+        low, high = self.low, self.low.other
+        rows = decision.base.items() if decision.extra else ((decision.key, decision.new_base),)
+        for key, entry in rows:
             if entry is None:
                 self.ready.append((key, None))
                 continue
-            names = [self.names[s].pop(key, None) or self.locs[s][key].relname
-                     for s in (self.low, self.low.other)]
-            self.ready.append((key, BaseRow(entry, (names[0], names[1]))))
+            names = (self.names[low].pop(key, None) or self.locs[low][key].relname,
+                     self.names[high].pop(key, None) or self.locs[high][key].relname)
+            self.ready.append((key, BaseRow(entry, names)))
 
     def _flush_base(self) -> None:
         if self.ready:
@@ -372,13 +377,6 @@ class _Executor:
         if entry.subdir == NEW and not letters:
             return f"{NEW}/{unique}"
         return f"{entry.subdir}/{unique}{self.replicas[side].sep}2,{letters}"
-
-    def _raw_info(self, action: Copy) -> str | None:
-        """The source's info when it is not "2,..." (a copy keeps it verbatim)."""
-        loc = self.locs[action.source].get(action.key)
-        if loc is None:
-            return None
-        return details(self.replicas[action.source], self.codec, action.source, loc)[2]
 
     # -- phases --------------------------------------------------------------------------
     def _fix_duplicates(self) -> None:
@@ -455,11 +453,15 @@ class _Executor:
         return out
 
     def _copies(self, work: list[tuple[int, Copy]]) -> None:
-        """Copy in batches; the next batch is read (in a thread) while this one is delivered.
+        """Copy in batches, as a pipeline of three threads like rsync's three processes.
 
-        Reading and writing overlap like rsync's sender and receiver: the system calls of
-        one side run while Python works on the other. Each replica is used by one thread
-        at a time (reads on the source, deliveries on the target).
+        While batch n is delivered (writer thread), batch n+1 is read (reader thread) and the
+        main thread records batch n-1: the system calls of each run while Python works in
+        another, and two batches of message bytes are held at most. Each replica is used by
+        one thread at a time (reads on the source; deliveries and keyword lookups on the
+        target). A batch's base rows are still written only after its delivery returned, so
+        a crash leaves at worst published messages with no base row, which the next run
+        merges.
         """
         for source in Side:
             group = sorted((w for w in work if w[1].source is source),
@@ -476,15 +478,23 @@ class _Executor:
             batches = [b for b in batches if b]
             if not batches:
                 continue
-            from concurrent.futures import ThreadPoolExecutor  # only runs that copy need it
+            from concurrent.futures import Future, ThreadPoolExecutor  # only runs that copy
 
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailmirror-read") as pool:
-                pending = pool.submit(self._read_batch, batches[0])
-                for n, batch in enumerate(batches):
+            with (ThreadPoolExecutor(1, "mailmirror-read") as reader,
+                  ThreadPoolExecutor(1, "mailmirror-write") as writer):
+                pending = reader.submit(self._read_batch, batches[0])
+                delivering: Future[list[_Copied]] | None = None
+                for n in range(len(batches)):
                     messages = pending.result()
+                    # two batches of bytes at most: batch n-1 is delivered before n+1 is read
+                    copied = delivering.result() if delivering is not None else []
                     if n + 1 < len(batches):
-                        pending = pool.submit(self._read_batch, batches[n + 1])
-                    self._deliver_batch(batch, messages)
+                        pending = reader.submit(self._read_batch, batches[n + 1])
+                    delivering = writer.submit(self._deliver_batch, batches[n], messages)
+                    del messages
+                    self._record_batch(copied)
+                if delivering is not None:
+                    self._record_batch(delivering.result())
 
     def _read_batch(self, batch: list[tuple[int, Copy]]) -> list[Message | Result]:
         source = batch[0][1].source
@@ -493,26 +503,39 @@ class _Executor:
         return self.replicas[source].read(refs)
 
     def _deliver_batch(self, batch: list[tuple[int, Copy]],
-                       messages: list[Message | Result]) -> None:
+                       messages: list[Message | Result]) -> list[_Copied]:
+        """Deliver one batch (writer thread); the outcomes go to _record_batch (main thread)."""
         target = batch[0][1].side
-        deliveries, waiting = [], []
+        locs, sep = self.locs[target.other], self.replicas[target.other].sep
+        names = self.names[target]
+        deliveries, waiting, out = [], [], []
         for (i, action), message in zip(batch, messages, strict=True):
             if isinstance(message, Result):
-                self._done(i, action, message)
+                out.append((i, action, message, 0))
                 continue
-            relname = self._relname(target, action.key, action.entry, None,
-                                    raw_info=self._raw_info(action))
-            self.names[target][action.key] = relname
+            loc = locs.get(action.key)
+            # the source's info when it is not "2,...": a copy keeps it verbatim
+            raw_info = odd_info(loc.relname, sep) if loc is not None else None
+            relname = self._relname(target, action.key, action.entry, None, raw_info=raw_info)
+            names[action.key] = relname
             self.touched.add((target, action.entry.folder))
             deliveries.append(Delivery(Ref(action.entry.folder, relname), message.data,
                                        message.mtime_ns))
             waiting.append((i, action, len(message.data)))
+        del messages
         if deliveries:
             results = self.replicas[target].deliver(deliveries)
-            for (i, action, nbytes), result in zip(waiting, results, strict=True):
-                if result.ok:
-                    self.report.bytes += nbytes
-                self._done(i, action, result)
+            out.extend((i, action, result, nbytes)
+                       for (i, action, nbytes), result in zip(waiting, results, strict=True))
+        return out
+
+    def _record_batch(self, copied: list[_Copied]) -> None:
+        if not copied:
+            return
+        for i, action, result, nbytes in copied:
+            if result.ok:
+                self.report.bytes += nbytes
+            self._done(i, action, result)
         self._flush_base()
 
     def _remove_deleted_folders(self) -> None:

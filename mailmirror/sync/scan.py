@@ -37,6 +37,12 @@ def details(replica: Replica, codec: FlagCodec, side: Side,
     return parsed.unique, "", parsed.info or None
 
 
+def odd_info(relname: str, sep: str) -> str | None:
+    """What details() says of the info, without parsing the whole name (once per copy)."""
+    _, found, info = relname.partition(sep)
+    return info if found and info and not info.startswith("2,") else None
+
+
 @dataclass
 class Scan:
     """What one run knows about both sides; built by scan(), consumed by the engine."""
@@ -150,9 +156,10 @@ def _parse(replica: Replica, codec: FlagCodec, side: Side, folder: str, relname:
 
 def _fill_sizes(replicas: dict[Side, Replica], result: Scan) -> None:
     """Sizes decide 'same message or a clash' for keys new on both sides; stat only those."""
+    in_a, in_b = result.current[Side.A], result.current[Side.B]
     need = [k for k in result.candidates
-            if k not in result.base and all(k in result.current[s] for s in Side)
-            and any(result.current[s][k].entry.size is None for s in Side)]
+            if k in in_a and k in in_b and k not in result.base
+            and (in_a[k].entry.size is None or in_b[k].entry.size is None)]
     if not need:
         return
     for s in Side:
