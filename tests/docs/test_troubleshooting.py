@@ -3,7 +3,8 @@
 The messages are found in the source, not listed by hand, so a message added later is checked
 too: every call of an error class (MailmirrorError and its subclasses, ReplicaError,
 SafetyStop, TemplateError, ... wherever they are defined) in mailmirror/ and failover/ whose
-message is a string, an f-string, a sum of them or a string method's result. The doc must
+message is a string, an f-string, a sum of them or a string method's result; for a class whose
+__init__ writes its own message (`super().__init__(f"...")`), that message instead. The doc must
 quote each message's stable fragment: the first four words of its first piece of fixed text
 with at least three words (the part saying what went wrong; the doc may shorten what follows
 to `...`), or its piece with the most words when no piece has three. Words are compared
@@ -88,15 +89,37 @@ def _name(node: ast.expr) -> str | None:
     return node.attr if isinstance(node, ast.Attribute) else None
 
 
+def own_messages(trees: dict[Path, ast.Module], classes: set[str]) -> dict[str, list[ast.Call]]:
+    """Error classes whose __init__ writes the message itself (`super().__init__(f"...")`), with
+    those calls; the arguments given to such a class are not its message."""
+    found: dict[str, list[ast.Call]] = {}
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name in classes:
+                for call in ast.walk(node):
+                    if (
+                        isinstance(call, ast.Call)
+                        and _name(call.func) == "__init__"
+                        and call.args
+                        and pieces(call.args[0]) is not None
+                    ):
+                        found.setdefault(node.name, []).append(call)
+    return found
+
+
 def messages() -> list[Message]:
     files = sorted(p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py"))
     trees = {p: ast.parse(p.read_text(), str(p)) for p in files}
     classes = error_classes(trees)
+    own = own_messages(trees, classes)
+    builders = {call for calls in own.values() for call in calls}
     found = []
     for path, tree in trees.items():
         rel = path.relative_to(REPO).as_posix()
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and _name(node.func) in classes and node.args:
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            if node in builders or (_name(node.func) in classes and _name(node.func) not in own):
                 arg = node.args[0]
                 source = ast.unparse(arg)
                 fixed = pieces(arg)
