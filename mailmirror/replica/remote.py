@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import itertools
 import subprocess
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol, TypeVar
 
 from mailmirror.errors import ReplicaError
 from mailmirror.maildir.folders import InvalidFolder, check_folder
@@ -29,6 +29,8 @@ from mailmirror.transport.protocol import (
 )
 
 MAX_LISTED = 10_000_000
+TOMBSTONE_SLICE = 5000  # keys per tombstones request
+T = TypeVar("T")
 
 
 class WatchUnavailable(ReplicaError):
@@ -90,21 +92,19 @@ class AgentReplica:
         return None if rid is None else self._valid_id(rid)
 
     # -- plumbing ------------------------------------------------------------------------
-    def _exchange(self, op: str, data: bytes = b"", **fields: object) -> tuple[object, bytes]:
+    def _exchange(self, op: str, data: Sequence[bytes] = (),
+                  **fields: object) -> tuple[object, bytes]:
+        return self._receive(self._send(op, data, **fields))
+
+    def _send(self, op: str, data: Sequence[bytes] = (), **fields: object) -> int:
+        """Send one request; its reply is read by _receive, replies come in request order."""
         rid = next(self._ids)
-        try:
-            self.channel.send(encode_frame({"id": rid, "op": op, **fields}, data))
-            frame = read_frame(self.channel.read_exactly)
-        except TruncatedFrame:
-            raise ReplicaError(f"{self.label}: connection lost in the middle of a reply; "
-                               "nothing half-written was published: run the sync again") from None
-        except ProtocolError as exc:
-            raise ReplicaError(f"{self.label}: the agent sent an invalid reply ({exc}): "
-                               "is `mailmirror agent` the same version there?") from None
-        except (BrokenPipeError, ConnectionResetError):
-            frame = None
-        except OSError as exc:
-            raise ReplicaError(f"{self.label}: connection lost ({exc})") from None
+        self._guard(lambda: self.channel.send(encode_frame({"id": rid, "op": op, **fields},
+                                                           *data)))
+        return rid
+
+    def _receive(self, rid: int) -> tuple[object, bytes]:
+        frame = self._guard(lambda: read_frame(self.channel.read_exactly))
         if frame is None:
             raise ReplicaError(f"{self.label}: the agent closed the connection: is mailmirror "
                                "installed there (see --remote-command), and can it read the "
@@ -118,6 +118,22 @@ class AgentReplica:
         if header.get("id") != rid:
             raise ReplicaError(f"{self.label}: the agent answered out of order")
         return header.get("result"), frame.data
+
+    def _guard(self, io: Callable[[], T]) -> T | None:
+        """Run one send or receive, turning a broken stream into a ReplicaError (None: the
+        stream was closed under a send, which the receive then reports)."""
+        try:
+            return io()
+        except TruncatedFrame:
+            raise ReplicaError(f"{self.label}: connection lost in the middle of a reply; "
+                               "nothing half-written was published: run the sync again") from None
+        except ProtocolError as exc:
+            raise ReplicaError(f"{self.label}: the agent sent an invalid reply ({exc}): "
+                               "is `mailmirror agent` the same version there?") from None
+        except (BrokenPipeError, ConnectionResetError):
+            return None
+        except OSError as exc:
+            raise ReplicaError(f"{self.label}: connection lost ({exc})") from None
 
     def _call(self, op: str, **fields: object) -> object:
         return self._exchange(op, **fields)[0]
@@ -187,8 +203,14 @@ class AgentReplica:
         return self._keyword_map(self._call("add_keywords", folder=folder, names=sorted(names)))
 
     def tombstones(self, keys: Sequence[str]) -> dict[str, Entry]:
-        if not keys:
-            return {}
+        out: dict[str, Entry] = {}
+        # in slices: a first sync asks about every message, and one frame of 100,000 keys
+        # cost 18 MB of memory on each side
+        for start in range(0, len(keys), TOMBSTONE_SLICE):
+            out.update(self._tombstones(keys[start:start + TOMBSTONE_SLICE]))
+        return out
+
+    def _tombstones(self, keys: Sequence[str]) -> dict[str, Entry]:
         raw = self._call("tombstones", keys=list(keys))
         if not isinstance(raw, dict) or not set(raw) <= set(keys):
             raise self._bad("tombstone list")
@@ -232,11 +254,24 @@ class AgentReplica:
         return out
 
     def deliver(self, items: Sequence[Delivery]) -> list[Result]:
-        raw, _ = self._exchange(
-            "deliver", b"".join(i.data for i in items),
-            refs=[[i.target.folder, i.target.relname] for i in items],
-            lengths=[len(i.data) for i in items], mtimes=[i.mtime_ns for i in items])
-        return self._results(raw, len(items))
+        # Two requests in flight: the agent writes the first half while the second half is
+        # still being encrypted and sent (strict request/reply left one side idle).
+        parts = _halves(items)
+        rids = [self._send("deliver", [i.data for i in part],
+                           refs=[[i.target.folder, i.target.relname] for i in part],
+                           lengths=[len(i.data) for i in part],
+                           mtimes=[i.mtime_ns for i in part])
+                for part in parts]
+        out: list[Result] = []
+        refused: ValueError | None = None
+        for rid, part in zip(rids, parts, strict=True):
+            try:  # every reply is read, so the stream stays in step for the next request
+                out.extend(self._results(self._receive(rid)[0], len(part)))
+            except ValueError as exc:
+                refused = refused or exc
+        if refused is not None:
+            raise refused
+        return out
 
     def rename(self, items: Sequence[Rename]) -> list[Result]:
         raw = self._call("rename",
@@ -324,6 +359,16 @@ class AgentReplica:
                 and v and v.isprintable() and " " not in v for k, v in raw.items()):
             raise self._bad("keyword map")
         return raw
+
+
+def _halves(items: Sequence[Delivery]) -> list[Sequence[Delivery]]:
+    """The deliveries cut in two of about equal bytes (one part for a single message)."""
+    left = sum(len(i.data) for i in items)
+    for n, item in enumerate(items[:-1], 1):
+        left -= 2 * len(item.data)
+        if left <= 0:
+            return [items[:n], items[n:]]
+    return [items[:-1], items[-1:]] if len(items) > 1 else [items]
 
 
 class PipeChannel:

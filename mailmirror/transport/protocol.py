@@ -33,12 +33,14 @@ class Frame:
     data: bytes = b""
 
 
-def encode_frame(header: dict, data: bytes = b"") -> bytes:
+def encode_frame(header: dict, *data: bytes) -> bytes:
+    """One frame; its data is the pieces given, concatenated (one copy, not one per piece)."""
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False,
                      ).encode("utf-8", "surrogateescape")
-    if len(raw) > MAX_HEADER or len(data) > MAX_DATA:
+    size = sum(len(piece) for piece in data)
+    if len(raw) > MAX_HEADER or size > MAX_DATA:
         raise ProtocolError("frame too large")
-    return PREFIX.pack(len(raw), len(data)) + raw + data
+    return b"".join((PREFIX.pack(len(raw), size), raw, *data))
 
 
 def decode_prefix(prefix: bytes) -> tuple[int, int]:
