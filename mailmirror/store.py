@@ -39,10 +39,7 @@ class Store:
 
         Raises StoreError when the database was written by a newer version of the component.
         """
-        row = self.conn.execute(
-            "SELECT version FROM schema WHERE component = ?", (component,)
-        ).fetchone()
-        have = row[0] if row else 0
+        have = self._version(component)
         if have > len(migrations):
             raise StoreError(
                 f"state database {self.path} has {component} schema v{have}, newer than this "
@@ -53,6 +50,9 @@ class Store:
         try:
             with self.conn:
                 self.conn.execute("BEGIN IMMEDIATE")
+                # two runs that start together on a new file both saw v0: the second to get
+                # the write lock finds the tables made and must not create them again
+                have = self._version(component)
                 for script in migrations[have:]:
                     for statement in _statements(script):
                         self.conn.execute(statement)
@@ -63,6 +63,12 @@ class Store:
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"state database {self.path}: migration failed: {exc}") from exc
+
+    def _version(self, component: str) -> int:
+        row = self.conn.execute(
+            "SELECT version FROM schema WHERE component = ?", (component,)
+        ).fetchone()
+        return row[0] if row else 0
 
     def close(self) -> None:
         self.conn.close()

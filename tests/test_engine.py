@@ -190,6 +190,29 @@ def test_keyword_letters_are_translated_by_name(tmp_path):
     assert not report.skipped
 
 
+def test_state_migration_raced_by_another_run_is_not_applied_twice(tmp_path, monkeypatch):
+    """Two runs start together on a new state file: both read v0 before either migrates;
+    the second to get the write lock finds the tables made (it used to exit 3)."""
+    from mailmirror.store import Store
+    from mailmirror.sync.state import COMPONENT, MIGRATIONS
+
+    first, second = open_store(tmp_path / "s.db"), open_store(tmp_path / "s.db")
+    seen = []
+    real = Store._version
+
+    def version(self, component):
+        seen.append(component)
+        if len(seen) == 1:  # the first look, outside the write lock: the other run goes now
+            second.migrate(COMPONENT, MIGRATIONS)
+            return 0
+        return real(self, component)
+
+    monkeypatch.setattr(Store, "_version", version)
+    first.migrate(COMPONENT, MIGRATIONS)
+    assert first.conn.execute("SELECT version FROM schema WHERE component = ?",
+                              (COMPONENT,)).fetchone()[0] == len(MIGRATIONS)
+
+
 def test_state_migrates_from_v1_keeping_the_base(tmp_path):
     """A database written by the first schema is upgraded in place, base rows intact."""
     from mailmirror.sync.state import COMPONENT, MIGRATIONS
