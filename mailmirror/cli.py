@@ -41,6 +41,27 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
 
+# shared by sync and watch
+FirstArg = Annotated[str, typer.Argument(help="First maildir, or a profile name from the config.")]
+SecondArg = Annotated[Optional[str], typer.Argument(help="Second maildir.")]  # noqa: UP045
+PreferOpt = Annotated[str, typer.Option(
+    "--prefer", help="Side that wins when both moved a message differently: a or b.")]
+AllowEmptyOpt = Annotated[bool, typer.Option(
+    "--allow-empty", help="Sync even if one side suddenly holds no mail at all.")]
+LayoutOpt = Annotated[str, typer.Option(help="Folder layout: maildir++ or fs.")]
+SeparatorOpt = Annotated[str, typer.Option(help="Info separator in file names: ':' ';' '!'.")]
+SshConfigOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    help="ssh_config file (default ~/.ssh/config).")]
+IdentityOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    help="Private key for SSH (default: ssh-agent and ~/.ssh/id_*).")]
+KnownHostsOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    help="known_hosts file (default ~/.ssh/known_hosts).")]
+RemoteCommandOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    help="How to start the agent on the remote; the maildir path is appended, quoted "
+    "(default: the profile's remote_command, else 'mailmirror agent').")]
+RemoteOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--remote", help="With a profile: use this remote (host or address) only.")]
+
 
 def _fail(exc: BaseException, debug: bool) -> None:
     if debug:
@@ -64,16 +85,14 @@ def _user_error(exc: BaseException) -> BaseException:
 
 @app.command()
 def sync(
-    a: Annotated[str, typer.Argument(help="First maildir, or a profile name from the config.")],
-    b: Annotated[Optional[str], typer.Argument(help="Second maildir.")] = None,  # noqa: UP045
+    a: FirstArg,
+    b: SecondArg = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan, change nothing.")]
     = False,
-    prefer: Annotated[str, typer.Option(
-        "--prefer", help="Side that wins when both moved a message differently: a or b.")] = "a",
+    prefer: PreferOpt = "a",
     full: Annotated[bool, typer.Option(
         "--full", help="List every folder even if its directory times are unchanged.")] = False,
-    allow_empty: Annotated[bool, typer.Option(
-        "--allow-empty", help="Sync even if one side suddenly holds no mail at all.")] = False,
+    allow_empty: AllowEmptyOpt = False,
     allow_mass_delete: Annotated[bool, typer.Option(
         "--allow-mass-delete", help="Sync even if it deletes more than --max-delete.")] = False,
     max_delete: Annotated[Optional[float], typer.Option(  # noqa: UP045
@@ -84,22 +103,15 @@ def sync(
         "mailmirror-id, or another replica that shares no mail.")] = False,
     quarantine_days: Annotated[Optional[int], typer.Option(  # noqa: UP045
         "--quarantine-days", help="Days deleted mail is kept (default 30).")] = None,
-    layout: Annotated[str, typer.Option(help="Folder layout: maildir++ or fs.")] = "maildir++",
-    separator: Annotated[str, typer.Option(help="Info separator in file names: ':' ';' '!'.")]
-    = ":",
+    layout: LayoutOpt = "maildir++",
+    separator: SeparatorOpt = ":",
     lock_timeout: Annotated[float, typer.Option(
         help="Seconds to wait for another sync of the same pair.")] = 60.0,
-    ssh_config: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        help="ssh_config file (default ~/.ssh/config).")] = None,
-    identity: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        help="Private key for SSH (default: ssh-agent and ~/.ssh/id_*).")] = None,
-    known_hosts: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        help="known_hosts file (default ~/.ssh/known_hosts).")] = None,
-    remote_command: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="How to start the agent on the remote; the maildir path is appended, quoted "
-        "(default: the profile's remote_command, else 'mailmirror agent').")] = None,
-    remote: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        "--remote", help="With a profile: use this remote (host or address) only.")] = None,
+    ssh_config: SshConfigOpt = None,
+    identity: IdentityOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    remote_command: RemoteCommandOpt = None,
+    remote: RemoteOpt = None,
     sftp: Annotated[bool, typer.Option(
         "--sftp", help="Reach remotes over SFTP even if mailmirror is installed there.")]
     = False,
@@ -206,35 +218,26 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
 
 @app.command()
 def watch(
-    a: Annotated[str, typer.Argument(help="First maildir, or a profile name from the config.")],
-    b: Annotated[Optional[str], typer.Argument(help="Second maildir.")] = None,  # noqa: UP045
+    a: FirstArg,
+    b: SecondArg = None,
     interval: Annotated[float, typer.Option(
         help="Seconds between backstop syncs of everything (missed events, a preferred "
         "remote back).")] = 600.0,
     poll: Annotated[float, typer.Option(
         help="Seconds between polls where file events are unavailable (SFTP remotes).")]
     = 5.0,
-    prefer: Annotated[str, typer.Option(
-        "--prefer", help="Side that wins when both moved a message differently: a or b.")] = "a",
-    allow_empty: Annotated[bool, typer.Option(
-        "--allow-empty", help="Sync even if one side suddenly holds no mail at all.")] = False,
-    layout: Annotated[str, typer.Option(help="Folder layout: maildir++ or fs.")] = "maildir++",
-    separator: Annotated[str, typer.Option(help="Info separator in file names: ':' ';' '!'.")]
-    = ":",
+    prefer: PreferOpt = "a",
+    allow_empty: AllowEmptyOpt = False,
+    layout: LayoutOpt = "maildir++",
+    separator: SeparatorOpt = ":",
     lock_timeout: Annotated[float, typer.Option(
         help="Seconds to wait for a cron sync of the same pair before retrying later.")]
     = 5.0,
-    ssh_config: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        help="ssh_config file (default ~/.ssh/config).")] = None,
-    identity: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        help="Private key for SSH (default: ssh-agent and ~/.ssh/id_*).")] = None,
-    known_hosts: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        help="known_hosts file (default ~/.ssh/known_hosts).")] = None,
-    remote_command: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="How to start the agent on the remote; the maildir path is appended, quoted "
-        "(default: the profile's remote_command, else 'mailmirror agent').")] = None,
-    remote: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        "--remote", help="With a profile: use this remote (host or address) only.")] = None,
+    ssh_config: SshConfigOpt = None,
+    identity: IdentityOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    remote_command: RemoteCommandOpt = None,
+    remote: RemoteOpt = None,
     sftp: Annotated[bool, typer.Option(
         "--sftp", help="Reach remotes over SFTP (polled) even if mailmirror is installed.")]
     = False,
@@ -385,8 +388,6 @@ quarantine_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(quarantine_app, name="quarantine")
 MaildirArg = Annotated[Path, typer.Argument(help="The local maildir root.")]
-LayoutOpt = Annotated[str, typer.Option(help="Folder layout: maildir++ or fs.")]
-SeparatorOpt = Annotated[str, typer.Option(help="Info separator in file names: ':' ';' '!'.")]
 
 
 @quarantine_app.command("list")
