@@ -204,8 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, ssh: Ssh, a: Path, b: Path,
         env: dict[str, str]) -> dict[str, float]:
     e = ssh.ssh
-    common = ["--ssh-config", str(e.config), "--identity", str(e.identity), "--known-hosts",
-              str(e.known_hosts), "--remote-command", f"{args.mailmirror} agent"]
+    common = [*e.mailmirror_args, "--remote-command", f"{args.mailmirror} agent"]
     log("first copy to B over SSH")
     done = subprocess.run([args.mailmirror, "sync", str(a), ssh.address(b), *common],
                           env=env, capture_output=True, text=True)

@@ -129,9 +129,7 @@ def run(args: argparse.Namespace, ssh: Ssh, a: Path, b: Path,
     e = ssh.ssh
     env = dict(os.environ, MAILMIRROR_STATE=str(state / "state.db"))
     argv = [args.mailmirror, "sync", str(a), ssh.address(b), "--json",
-            "--ssh-config", str(e.config), "--identity", str(e.identity),
-            "--known-hosts", str(e.known_hosts),
-            "--remote-command", f"{e.remote_time} {args.mailmirror} agent"]
+            *e.mailmirror_args, "--remote-command", f"{e.remote_time} {args.mailmirror} agent"]
     out: dict[str, float] = {"messages": args.messages}
     for case in ("first copy", "settle", "no change", "full rescan"):
         if case == "settle":

@@ -65,6 +65,12 @@ class SshEndpoint:
     peak directory (see `bench.ssh.Ssh.remote_peak_mb`)."""
 
     @property
+    def mailmirror_args(self) -> list[str]:
+        """The options that make mailmirror use only these client files."""
+        return ["--ssh-config", str(self.config), "--identity", str(self.identity),
+                "--known-hosts", str(self.known_hosts)]
+
+    @property
     def ssh_args(self) -> str:
         """Options for OpenSSH, as unison's `-sshargs` and rsync's `-e 'ssh ...'` take them."""
         return f"-F {self.config} -p {self.port}"
@@ -194,8 +200,7 @@ class Mailmirror(Tool):
         else:
             env = _ssh_env(env)
             exe = str(Path(shutil.which(self.exe) or self.exe).absolute())
-            argv += [f"ssh://{ssh.host}:{ssh.port}{pair.b}", "--ssh-config", str(ssh.config)]
-            argv += ["--identity", str(ssh.identity), "--known-hosts", str(ssh.known_hosts)]
+            argv += [f"ssh://{ssh.host}:{ssh.port}{pair.b}", *ssh.mailmirror_args]
             agent = f"{ssh.remote_time} {exe} agent"
             argv += ["--sftp"] if self.sftp else ["--remote-command", agent]
         return Command(argv + ["--state", str(pair.state / "state.sqlite3"), "--json"], env)
