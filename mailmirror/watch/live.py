@@ -195,8 +195,7 @@ class Live:
             try:
                 watcher.start()
             except WatchLimit as exc:
-                self.log(f"{label}: cannot watch for changes ({exc.strerror}); polling every "
-                         f"{self.options.poll:g} s instead")
+                self._say_polling(f"{label}: cannot watch for changes ({exc.strerror})")
             else:
                 slot.sources.append(watcher.stop)
                 return
@@ -204,8 +203,7 @@ class Live:
             try:
                 notifier = self.runner.open(address, slot.job.remote_command)
             except (MailmirrorError, OSError) as exc:
-                self.log(f"{label}: no live notifications ({_line(exc)}); polling every "
-                         f"{self.options.poll:g} s instead")
+                self._say_polling(f"{label}: no live notifications ({_line(exc)})")
             else:
                 assert isinstance(notifier, AgentReplica)
                 thread = threading.Thread(target=self._follow, args=(i, epoch, notifier),
@@ -224,10 +222,13 @@ class Live:
                 elif folders:
                     self._post(i, epoch, "changed", folders)
         except WatchUnavailable as exc:
-            self.log(f"{_line(exc)}; polling every {self.options.poll:g} s instead")
+            self._say_polling(_line(exc))
             self._poll_until(i, epoch)
         except (MailmirrorError, OSError) as exc:
             self._post(i, epoch, "lost", _line(exc))
+
+    def _say_polling(self, why: str) -> None:
+        self.log(f"{why}; polling every {self.options.poll:g} s instead")
 
     def _start_poll(self, i: int, slot: _Slot) -> None:
         thread = threading.Thread(target=self._poll_until, args=(i, slot.epoch),

@@ -29,7 +29,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from mailmirror.maildir.folders import MAILDIRPP, folder_of_path
+from mailmirror.maildir.folders import folder_of_path
 
 EVENTS = [FileCreatedEvent, DirCreatedEvent, FileDeletedEvent, DirDeletedEvent, FileMovedEvent,
           DirMovedEvent]
@@ -116,7 +116,7 @@ class FolderWatcher:
             if rel == "." or rel.startswith(".." + os.sep):
                 continue
             folder = folder_of_path(tuple(rel.split(os.sep)), event.is_directory,
-                                    self.layout or MAILDIRPP)
+                                    self.layout)
             if folder is not None:
                 out.add(folder)
         return out
