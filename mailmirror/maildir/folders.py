@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path, PurePath
 from typing import TypeVar
 
@@ -118,7 +117,7 @@ def _remove_stale_stages(tmp: Path) -> None:
 
 
 def _host() -> str:
-    return socket.gethostname().replace("/", "_").replace("@", "_")
+    return os.uname().nodename.replace("/", "_").replace("@", "_")
 
 
 def _fill(path: Path, with_marker: bool) -> None:

@@ -8,24 +8,30 @@ batch of deliveries waits for, instead of one fsync round trip per message.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import functools
 import os
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
-try:
-    _libc = ctypes.CDLL("libc.so.6", use_errno=True)
-except OSError:  # not glibc: ask the loader (slower: may run ldconfig)
-    _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_renameat2 = getattr(_libc, "renameat2", None)
-_syncfs = getattr(_libc, "syncfs", None)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """Loaded on first use: a sync with nothing to write never pays for it."""
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:  # not glibc: ask the loader (slower: may run ldconfig)
+        from ctypes.util import find_library
+
+        return ctypes.CDLL(find_library("c"), use_errno=True)
 
 
 def rename_noreplace(source: str, target: str) -> None:
     """Rename atomically; FileExistsError if target exists, FileNotFoundError if source is gone."""
-    if _renameat2 is not None:
-        rc = _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is not None:
+        rc = renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
                         _RENAME_NOREPLACE)
         if rc == 0:
             return
@@ -40,12 +46,13 @@ def rename_noreplace(source: str, target: str) -> None:
 
 def sync_filesystem(path: str) -> None:
     """Flush every dirty page of the file system holding `path` (syncfs), else all (sync)."""
-    if _syncfs is None:
+    syncfs = getattr(_libc(), "syncfs", None)
+    if syncfs is None:
         os.sync()
         return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if _syncfs(fd) != 0:
+        if syncfs(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), path)
     finally:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import socket
 import stat
 import time
 import uuid
@@ -72,7 +71,7 @@ class LocalReplica:
         self.sep = sep
         self.label = str(root)
         self._id: str | None = None
-        self._host = socket.gethostname().replace("/", "_").replace(":", "_")
+        self._host = os.uname().nodename.replace("/", "_").replace(":", "_")
         self._counter = itertools.count()
         self._tmp_dirs: dict[str, str] = {}  # folder -> its tmp/, cleaned of our stale files
         self._tmp_tail = f"P{os.getpid()}.{self._host}{TMP_SUFFIX}"

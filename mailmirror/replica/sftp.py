@@ -9,9 +9,9 @@ It must not clobber: publishing uses plain SSH_FXP_RENAME, never posix-rename (s
 from __future__ import annotations
 
 import asyncio
+import os
 import posixpath
 import secrets
-import socket
 import time
 import uuid
 from collections.abc import Awaitable, Coroutine, Iterable, Sequence
@@ -80,7 +80,7 @@ class SftpReplica:
         self.readonly = readonly
         self.label = label or f"sftp:{root}"
         self._id: str | None = None
-        self._host = socket.gethostname().replace("/", "_").replace(":", "_")
+        self._host = os.uname().nodename.replace("/", "_").replace(":", "_")
         self._serial = 0
         self._cleaned: set[str] = set()
         self._offset_s: float | None = None  # remote clock minus ours, from the last clock_ns

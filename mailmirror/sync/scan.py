@@ -9,13 +9,19 @@ planner's input. Reads replicas and the state store; changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from mailmirror.maildir.names import InvalidName, key_of, parse_name, size_of
 from mailmirror.replica.base import Ref, Replica, Stamp
 from mailmirror.sync.flags import FlagCodec
 from mailmirror.sync.model import Entry, Side
 from mailmirror.sync.state import BaseRow, FolderRow, SyncState
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,16 +101,18 @@ def scan(
     for s in Side:
         result.listed_count[s] = result.base_count[s] = 0
         result.emptied[s] = set()
-    for folder in sorted(dirty[Side.A] | dirty[Side.B]):
-        for s in Side:
-            if folder not in dirty[s]:
-                continue
+    work = [(folder, s) for folder in sorted(dirty[Side.A] | dirty[Side.B])
+            for s in Side if folder in dirty[s]]
+    # the base names of the next folder are read (another thread, SQLite without the GIL)
+    # while this one is listed
+    known = _ahead(lambda w: state.base_names(pair_id, w[0], idx[w[1]]), work)
+    with closing(known):  # on an error, the thread is done with the store before we go on
+        for (folder, s), known_names in zip(work, known, strict=True):
             listed = replicas[s].list([folder])[folder] if folder in stamps[s] else []
             now = set(listed)
             del listed
             # a base name is the file name on this side, so its key is parsed from it: only
             # the names that vanished need that, the rest is one C-level set difference
-            known_names = state.base_names(pair_id, folder, idx[s])
             result.listed_count[s] += len(now)
             result.base_count[s] += len(known_names)
             if known_names and not now and folder in stamps[s]:
@@ -139,6 +147,24 @@ def scan(
             current[key] = at_base
     _fill_sizes(replicas, result)
     return result
+
+
+def _ahead(fetch: Callable[[_T], _R], items: list[_T]) -> Iterator[_R]:
+    """fetch(item) for each item in order, the next one computed in a thread meanwhile.
+
+    At most two results are held, so memory still follows the largest folder.
+    """
+    if len(items) < 2:
+        yield from map(fetch, items)
+        return
+    from concurrent.futures import ThreadPoolExecutor  # only runs that list two folders
+
+    with ThreadPoolExecutor(1, "mailmirror-scan") as pool:
+        pending = pool.submit(fetch, items[0])
+        for item in items[1:]:
+            done, pending = pending, pool.submit(fetch, item)
+            yield done.result()
+        yield pending.result()
 
 
 def _parse(replica: Replica, codec: FlagCodec, side: Side, folder: str, relname: str,
