@@ -145,8 +145,8 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
     deletions = Counter[Side]() if options.allow_mass_delete else _deletions(found, tombs,
                                                                               plan_of)
     if max(deletions.values(), default=0) >= guard.MASS_DELETE_MIN:
-        held = {s: len(found.current[s]) if pair.created else state.base_count(pair.pair_id)
-                for s in Side}
+        common = 0 if pair.created else state.base_count(pair.pair_id)
+        held = {s: len(found.current[s]) if pair.created else common for s in Side}
         guard.check_deletions(replicas, deletions, held, options.max_delete_percent)
     report.skipped.extend(found.invalid)
     if options.dry_run:

@@ -221,9 +221,12 @@ class SyncState:
         for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
             marks = ",".join("?" * len(chunk))
+            # without the hint SQLite walks the pair's whole primary key once per chunk
+            # (37 ms per 500 keys at 100,000 messages, against 5 ms through the key index)
             rows = self.conn.execute(
                 "SELECT key, folder, subdir, flags, size, name_low, name_high FROM sync_base "
-                f"WHERE pair_id=? AND key IN ({marks})", (pair_id, *chunk))
+                f"INDEXED BY sync_base_key WHERE pair_id=? AND key IN ({marks})",
+                (pair_id, *chunk))
             for key, folder, subdir, flags, size, low, high in rows:
                 yield key, BaseRow(Entry(folder, subdir, decode_flags(flags), size), (low, high))
 
