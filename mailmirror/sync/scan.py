@@ -17,7 +17,7 @@ from typing import TypeVar
 from mailmirror.maildir.names import InvalidName, key_of, parse_name, size_of
 from mailmirror.replica.base import Ref, Replica, Stamp
 from mailmirror.sync.flags import FlagCodec
-from mailmirror.sync.model import Entry, Side
+from mailmirror.sync.model import CUR, NEW, Entry, Side
 from mailmirror.sync.state import BaseRow, FolderRow, SyncState
 
 _T = TypeVar("_T")
@@ -176,6 +176,7 @@ def _parse(replica: Replica, codec: FlagCodec, side: Side, folder: str, relname:
         invalid.append(f"{replica.label}: {folder}/{relname}: {exc}")
         return None
     flags = codec.decode(side, folder, parsed.letters)[0] if parsed.has_flags else frozenset()
+    subdir = {CUR: CUR, NEW: NEW}.get(subdir, subdir)  # one shared string, not one each
     return key_of(parsed.unique), Loc(Entry(folder, subdir, flags, size_of(parsed.unique)),
                                       relname)
 
