@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 
 from mailmirror.errors import ReplicaError
 from mailmirror.maildir.folders import InvalidFolder, check_folder
-from mailmirror.maildir.names import InvalidName, check_name
+from mailmirror.maildir.names import InvalidName, check_relnames
 from mailmirror.replica.base import Delivery, Message, Outcome, Ref, Rename, Result, Stamp
 from mailmirror.sync.model import Entry
 from mailmirror.transport.protocol import (
@@ -184,8 +184,10 @@ class AgentReplica:
             total += len(names)
             if total > MAX_LISTED:
                 raise self._bad("listing (too many names)")
-            for relname in names:
-                self._check_relname(relname)
+            try:
+                check_relnames(names)
+            except InvalidName as exc:
+                raise self._bad(f"message name ({exc})") from None
         return raw
 
     def sizes(self, refs: Sequence[Ref]) -> list[int | None]:
@@ -341,17 +343,6 @@ class AgentReplica:
             check_folder(folder, self.layout)
         except InvalidFolder:
             raise self._bad(f"folder name {folder!r}") from None
-
-    def _check_relname(self, relname: object) -> None:
-        if not isinstance(relname, str):
-            raise self._bad("message name")
-        sub, _, name = relname.partition("/")
-        try:
-            if sub not in ("cur", "new"):
-                raise InvalidName(relname)
-            check_name(name)
-        except InvalidName:
-            raise self._bad(f"message name {relname!r}") from None
 
     def _keyword_map(self, raw: object) -> dict[str, str]:
         if not isinstance(raw, dict) or not all(
