@@ -49,6 +49,35 @@ def test_sync_through_the_agent_both_ways(tmp_path):
     assert published(a) == published(b) == {**contents, "1800000000.M1P1.far,S=5": b"hello"}
 
 
+def test_listings_fetched_ahead_stay_in_step_with_other_calls(tmp_path):
+    """Listing replies wait while later requests (keywords, another listing) are answered."""
+    root = tmp_path / "m"
+    make_tree(root, 40, 100)
+    folders = []
+    for n in range(6):
+        create_folder(root, f"F{n}")
+        (root / f".F{n}" / "cur" / f"17000000{n:02}.M1P1.h,S=3:2,S").write_bytes(b"abc")
+        (root / f".F{n}" / "dovecot-keywords").write_text(f"0 $Label{n}\n")
+        folders.append(f"F{n}")
+    folders.append("INBOX")
+    remote = agent(root)
+    try:
+        expected = remote.list(folders)
+        seen = {}
+        for folder, names in remote.listings(folders):
+            seen[folder] = names
+            assert remote.keywords(folder) == ({"a": f"$Label{folder[1]}"}
+                                               if folder != "INBOX" else {})
+            assert remote.list([folder]) == {folder: names}
+        assert seen == expected
+        listings = remote.listings(folders)
+        next(listings)  # abandoned with replies still on their way: later calls still work
+        assert remote.list(["F3"]) == {"F3": expected["F3"]}
+        assert set(folders) <= remote.stamps().keys()
+    finally:
+        remote.close()
+
+
 FAKE = textwrap.dedent("""
     import json, struct, sys
     out, inp = sys.stdout.buffer, sys.stdin.buffer

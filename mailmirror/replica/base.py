@@ -15,7 +15,7 @@ Contract shared by all operations:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -102,6 +102,13 @@ class Replica(Protocol):
         """The relnames of every message in each folder; tmp/ and dot files are left out."""
         ...
 
+    def listings(self, folders: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
+        """list() of each folder in turn; a remote replica works on the next ones meanwhile.
+
+        The replica may be used for other calls between two steps of the iteration.
+        """
+        ...
+
     def sizes(self, refs: Sequence[Ref]) -> list[int | None]:
         """File sizes (None where gone): only for the few keys whose names carry no ,S=."""
         ...
@@ -155,3 +162,9 @@ class Replica(Protocol):
 
     def close(self) -> None:
         ...
+
+
+def one_by_one(replica: Replica, folders: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
+    """listings() for a replica that gains nothing from fetching ahead."""
+    for folder in folders:
+        yield folder, replica.list([folder])[folder]

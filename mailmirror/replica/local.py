@@ -14,7 +14,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from mailmirror import crashpoint
@@ -50,6 +50,7 @@ from mailmirror.replica.base import (
     Rename,
     Result,
     Stamp,
+    one_by_one,
 )
 from mailmirror.sync.model import Entry
 
@@ -124,6 +125,9 @@ class LocalReplica:
                 names.extend(prefix + n for n in entries if n[0] != ".")
             listing[folder] = names
         return listing
+
+    def listings(self, folders: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
+        return one_by_one(self, folders)
 
     def sizes(self, refs: Sequence[Ref]) -> list[int | None]:
         out: list[int | None] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol, TypeVar
 
@@ -20,6 +21,7 @@ from mailmirror.replica.base import Delivery, Message, Outcome, Ref, Rename, Res
 from mailmirror.sync.model import Entry
 from mailmirror.transport.protocol import (
     VERSION,
+    Frame,
     ProtocolError,
     TruncatedFrame,
     encode_frame,
@@ -29,6 +31,7 @@ from mailmirror.transport.protocol import (
 )
 
 MAX_LISTED = 10_000_000
+LIST_AHEAD = 2  # listing requests in flight (listings())
 TOMBSTONE_SLICE = 5000  # keys per tombstones request
 T = TypeVar("T")
 
@@ -57,6 +60,8 @@ class AgentReplica:
         self.layout = layout
         self.sep = sep
         self._ids = itertools.count(1)
+        self._sent: set[int] = set()  # requests whose reply is not claimed yet
+        self._early: dict[int, Frame] = {}
         try:
             hello = self._call("hello", version=VERSION, layout=layout, sep=sep,
                                readonly=readonly)
@@ -99,16 +104,26 @@ class AgentReplica:
     def _send(self, op: str, data: Sequence[bytes] = (), **fields: object) -> int:
         """Send one request; its reply is read by _receive, replies come in request order."""
         rid = next(self._ids)
+        self._sent.add(rid)
         self._guard(lambda: self.channel.send(encode_frame({"id": rid, "op": op, **fields},
                                                            *data)))
         return rid
 
     def _receive(self, rid: int) -> tuple[object, bytes]:
-        frame = self._guard(lambda: read_frame(self.channel.read_exactly))
-        if frame is None:
-            raise ReplicaError(f"{self.label}: the agent closed the connection: is mailmirror "
-                               "installed there (see --remote-command), and can it read the "
-                               "maildir?")
+        """The reply to request `rid`. Replies come in request order; those of earlier
+        requests not claimed yet (listings fetched ahead) wait in self._early."""
+        frame = self._early.pop(rid, None)
+        while frame is None:
+            frame = self._guard(lambda: read_frame(self.channel.read_exactly))
+            if frame is None:
+                raise ReplicaError(f"{self.label}: the agent closed the connection: is "
+                                   "mailmirror installed there (see --remote-command), and can "
+                                   "it read the maildir?")
+            early = frame.header.get("id")
+            if isinstance(early, int) and early < rid and early in self._sent:
+                self._early[early] = frame
+                frame = None
+        self._sent.discard(rid)
         header = frame.header
         if not header.get("ok"):
             message = f"{self.label}: {header.get('error', 'agent error')}"
@@ -174,7 +189,22 @@ class AgentReplica:
         return out
 
     def list(self, folders: Sequence[str]) -> dict[str, list[str]]:
-        raw = self._call("list", folders=list(folders))
+        return self._listing(self._call("list", folders=list(folders)), folders)
+
+    def listings(self, folders: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
+        # LIST_AHEAD requests in flight: the agent lists the next folders while the caller
+        # works on this one (strict request/reply left each side idle half the time)
+        waiting: deque[tuple[str, int]] = deque()
+        todo = iter(folders)
+        for folder in itertools.islice(todo, LIST_AHEAD):
+            waiting.append((folder, self._send("list", folders=[folder])))
+        while waiting:
+            folder, rid = waiting.popleft()
+            if (following := next(todo, None)) is not None:
+                waiting.append((following, self._send("list", folders=[following])))
+            yield folder, self._listing(self._receive(rid)[0], [folder])[folder]
+
+    def _listing(self, raw: object, folders: Sequence[str]) -> dict[str, list[str]]:
         if not isinstance(raw, dict) or set(raw) != set(folders):
             raise self._bad("listing")
         total = 0

@@ -14,7 +14,7 @@ import posixpath
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import PurePosixPath
 from typing import Any, TypeVar, cast
 
@@ -41,6 +41,7 @@ from mailmirror.replica.base import (
     Rename,
     Result,
     Stamp,
+    one_by_one,
 )
 from mailmirror.replica.local import ID_FILE, MAX_MESSAGE, TOMBSTONE_REWRITE_BYTES
 from mailmirror.sync.model import Entry
@@ -111,6 +112,9 @@ class SftpReplica:
 
     def list(self, folders: Sequence[str]) -> dict[str, list[str]]:
         return self._run(self._list(folders))
+
+    def listings(self, folders: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
+        return one_by_one(self, folders)
 
     def sizes(self, refs: Sequence[Ref]) -> list[int | None]:
         return self._run(self._gather(self._size(ref) for ref in refs))

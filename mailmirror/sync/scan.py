@@ -106,9 +106,13 @@ def scan(
     # the base names of the next folder are read (another thread, SQLite without the GIL)
     # while this one is listed
     known = _ahead(lambda w: state.base_names(pair_id, w[0], idx[w[1]]), work)
-    with closing(known):  # on an error, the thread is done with the store before we go on
+    # a remote side lists its next folders while we compare this one
+    listings = {s: replicas[s].listings([f for f, side in work if side is s and f in stamps[s]])
+                for s in Side}
+    # on an error, the thread is done with the store before we go on
+    with closing(known), closing(listings[Side.A]), closing(listings[Side.B]):
         for (folder, s), known_names in zip(work, known, strict=True):
-            listed = replicas[s].list([folder])[folder] if folder in stamps[s] else []
+            listed = _next_listing(listings[s], folder) if folder in stamps[s] else []
             now = set(listed)
             del listed
             # a base name is the file name on this side, so its key is parsed from it: only
@@ -147,6 +151,13 @@ def scan(
             current[key] = at_base
     _fill_sizes(replicas, result)
     return result
+
+
+def _next_listing(listings: Iterator[tuple[str, list[str]]], folder: str) -> list[str]:
+    got, names = next(listings)
+    if got != folder:
+        raise AssertionError(f"listing of {got!r} where {folder!r} was due")
+    return names
 
 
 def _ahead(fetch: Callable[[_T], _R], items: list[_T]) -> Iterator[_R]:
