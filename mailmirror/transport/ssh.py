@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncssh
+from asyncssh.encryption import get_default_encryption_algs
 
 from mailmirror.errors import ReplicaError
 from mailmirror.replica.remote import AgentReplica
@@ -206,7 +207,8 @@ class SshSession:
         host = kwargs.pop("host")
         return await asyncssh.connect(host, connect_timeout=self.options.connect_timeout,
                                       keepalive_interval=self.options.keepalive,
-                                      keepalive_count_max=3, **kwargs)
+                                      keepalive_count_max=3, **_ciphers(host, kwargs), **kwargs)
+
 
     def open_agent(self, path: str, layout: str, sep: str, readonly: bool,
                    command: str | None = None) -> AgentReplica:
@@ -245,3 +247,16 @@ class SshSession:
         except (TimeoutError, OSError, asyncssh.Error):
             pass
         self._loop.close()
+
+
+def _ciphers(host: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """AES-GCM before ChaCha20 unless ssh_config names its own Ciphers.
+
+    Both are OpenSSH's AEAD ciphers; asyncssh's ChaCha20 costs Python work per packet
+    (119 MiB/s here) where AES-GCM is one call (190 MiB/s): a first copy moves every byte.
+    """
+    algs = asyncssh.SSHClientConnectionOptions(host=host, **kwargs).encryption_algs
+    if list(algs) != list(get_default_encryption_algs()):
+        return {}  # the user's choice
+    gcm = [alg for alg in algs if alg.endswith(b"-gcm@openssh.com")]
+    return {"encryption_algs": [a.decode() for a in gcm + [a for a in algs if a not in gcm]]}
