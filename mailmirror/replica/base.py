@@ -84,6 +84,7 @@ class Replica(Protocol):
     id: str
     label: str
     sep: str
+    remote: bool  # calls wait on another machine: the engine reads ahead while they do
 
     def stored_id(self) -> str | None:
         """The id already in the root's id file, or None: never creates one (reading `id`

@@ -64,6 +64,8 @@ _SUBDIRS = ("cur", "new")
 class LocalReplica:
     """A local Maildir root. Construct with open_local(); see replica/base.py for the contract."""
 
+    remote = False
+
     def __init__(self, root: Path, layout: str = MAILDIRPP, sep: str = ":",
                  readonly: bool = False) -> None:
         self.root = root

@@ -53,6 +53,8 @@ class Channel(Protocol):
 class AgentReplica:
     """The client side of the agent protocol; see the module docstring."""
 
+    remote = True
+
     def __init__(self, channel: Channel, label: str, layout: str = "maildir++",
                  sep: str = ":", readonly: bool = False) -> None:
         self.channel = channel

@@ -70,6 +70,8 @@ class SftpReplica:
     this same clock, so a change made in the second of a recorded stamp cannot hide.
     """
 
+    remote = True
+
     def __init__(self, sftp: asyncssh.SFTPClient, loop: asyncio.AbstractEventLoop, root: str,
                  layout: str = MAILDIRPP, sep: str = ":", readonly: bool = False,
                  label: str | None = None) -> None:

@@ -453,15 +453,10 @@ class _Executor:
         return out
 
     def _copies(self, work: list[tuple[int, Copy]]) -> None:
-        """Copy in batches, as a pipeline of three threads like rsync's three processes.
+        """Copy in batches, in threads, while the main thread records finished batches.
 
-        While batch n is delivered (writer thread), batch n+1 is read (reader thread) and the
-        main thread records batch n-1: the system calls of each run while Python works in
-        another, and two batches of message bytes are held at most. Each replica is used by
-        one thread at a time (reads on the source; deliveries and keyword lookups on the
-        target). A batch's base rows are still written only after its delivery returned, so
-        a crash leaves at worst published messages with no base row, which the next run
-        merges.
+        A batch's base rows are written only after its delivery returned, so a crash leaves
+        at worst published messages with no base row, which the next run merges.
         """
         for source in Side:
             group = sorted((w for w in work if w[1].source is source),
@@ -478,23 +473,54 @@ class _Executor:
             batches = [b for b in batches if b]
             if not batches:
                 continue
-            from concurrent.futures import Future, ThreadPoolExecutor  # only runs that copy
+            if any(r.remote for r in self.replicas.values()):
+                self._copy_pipelined(batches)
+            else:
+                self._copy_in_turn(batches)
 
-            with (ThreadPoolExecutor(1, "mailmirror-read") as reader,
-                  ThreadPoolExecutor(1, "mailmirror-write") as writer):
-                pending = reader.submit(self._read_batch, batches[0])
-                delivering: Future[list[_Copied]] | None = None
-                for n in range(len(batches)):
-                    messages = pending.result()
-                    # two batches of bytes at most: batch n-1 is delivered before n+1 is read
-                    copied = delivering.result() if delivering is not None else []
-                    if n + 1 < len(batches):
-                        pending = reader.submit(self._read_batch, batches[n + 1])
-                    delivering = writer.submit(self._deliver_batch, batches[n], messages)
-                    del messages
-                    self._record_batch(copied)
-                if delivering is not None:
-                    self._record_batch(delivering.result())
+    def _copy_in_turn(self, batches: list[list[tuple[int, Copy]]]) -> None:
+        """Both sides local: one worker reads and delivers batch n while batch n-1 is recorded.
+
+        A reader thread of its own only added GIL hand-offs between three busy threads: a
+        first copy of 100,000 messages took 15% longer and twice the system time here.
+        """
+        from concurrent.futures import ThreadPoolExecutor  # only runs that copy
+
+        def copy(batch: list[tuple[int, Copy]]) -> list[_Copied]:
+            return self._deliver_batch(batch, self._read_batch(batch))
+
+        with ThreadPoolExecutor(1, "mailmirror-copy") as worker:
+            pending = worker.submit(copy, batches[0])
+            for batch in batches[1:]:
+                done, pending = pending.result(), worker.submit(copy, batch)
+                self._record_batch(done)
+            self._record_batch(pending.result())
+
+    def _copy_pipelined(self, batches: list[list[tuple[int, Copy]]]) -> None:
+        """A remote side: three threads, like rsync's three processes.
+
+        While batch n is delivered (writer thread, mostly waiting on the network), batch n+1
+        is read (reader thread) and the main thread records batch n-1; two batches of message
+        bytes are held at most. Each replica is used by one thread at a time (reads on the
+        source; deliveries and keyword lookups on the target).
+        """
+        from concurrent.futures import Future, ThreadPoolExecutor  # only runs that copy
+
+        with (ThreadPoolExecutor(1, "mailmirror-read") as reader,
+              ThreadPoolExecutor(1, "mailmirror-write") as writer):
+            pending = reader.submit(self._read_batch, batches[0])
+            delivering: Future[list[_Copied]] | None = None
+            for n in range(len(batches)):
+                messages = pending.result()
+                # two batches of bytes at most: batch n-1 is delivered before n+1 is read
+                copied = delivering.result() if delivering is not None else []
+                if n + 1 < len(batches):
+                    pending = reader.submit(self._read_batch, batches[n + 1])
+                delivering = writer.submit(self._deliver_batch, batches[n], messages)
+                del messages
+                self._record_batch(copied)
+            if delivering is not None:
+                self._record_batch(delivering.result())
 
     def _read_batch(self, batch: list[tuple[int, Copy]]) -> list[Message | Result]:
         source = batch[0][1].source
