@@ -64,13 +64,16 @@ def test_listings_fetched_ahead_stay_in_step_with_other_calls(tmp_path):
     try:
         expected = remote.list(folders)
         seen = {}
-        for folder, names in remote.listings(folders):
+        for folder, names in remote.listings([(f, ("cur", "new")) for f in folders]):
             seen[folder] = names
             assert remote.keywords(folder) == ({"a": f"$Label{folder[1]}"}
                                                if folder != "INBOX" else {})
             assert remote.list([folder]) == {folder: names}
         assert seen == expected
-        listings = remote.listings(folders)
+        only_new = dict(remote.listings([(f, ("new",)) for f in folders]))
+        assert only_new == {f: [n for n in expected[f] if n.startswith("new/")]
+                            for f in folders}
+        listings = remote.listings([(f, ("cur", "new")) for f in folders])
         next(listings)  # abandoned with replies still on their way: later calls still work
         assert remote.list(["F3"]) == {"F3": expected["F3"]}
         assert set(folders) <= remote.stamps().keys()
@@ -131,6 +134,21 @@ def test_hostile_agent_is_refused_and_nothing_is_written_outside(tmp_path, stamp
     after = sorted(p for p in tmp_path.rglob("*") if not p.name.startswith(("s.db", "mailmirror")))
     assert [p for p in after if p not in before and "a/" not in str(p)] == []
     assert not (tmp_path.parent / "evil:2,S").exists()
+
+
+def test_a_listing_outside_the_subdir_asked_for_is_refused(tmp_path):
+    """Asked for new/ only, an agent that answers with cur/ names would make the scan take
+    unchanged messages for new ones."""
+    script = tmp_path / "fake_agent.py"
+    script.write_text(f"STAMPS = {{}}\nNAMES = ['cur/1.M1P1.x:2,S']\n"
+                      f"PROTOCOL_VERSION = {VERSION}\n" + FAKE)
+    remote = AgentReplica(PipeChannel([sys.executable, str(script)]), "fake")
+    try:
+        assert remote.list(["INBOX"]) == {"INBOX": ["cur/1.M1P1.x:2,S"]}
+        with pytest.raises(ReplicaError, match="invalid message name"):
+            remote.list(["INBOX"], ("new",))
+    finally:
+        remote.channel.close()
 
 
 def _serve(root: Path, frames: list[bytes]) -> list[dict]:

@@ -156,12 +156,12 @@ def test_unchanged_folders_are_not_listed(tmp_path, monkeypatch):
     backdate(a)
     backdate(b)
     sync(open_local(a), open_local(b), state, SyncOptions())  # relists what it touched
-    listed: list[list[str]] = []
+    listed: list[tuple[list[str], tuple[str, ...]]] = []
     original = type(open_local(a)).list
 
-    def spy(self, folders):
-        listed.append(list(folders))
-        return original(self, folders)
+    def spy(self, folders, subdirs=("cur", "new")):
+        listed.append((list(folders), tuple(subdirs)))
+        return original(self, folders, subdirs)
 
     monkeypatch.setattr(type(open_local(a)), "list", spy)
     report = sync(open_local(a), open_local(b), state, SyncOptions())
@@ -171,7 +171,19 @@ def test_unchanged_folders_are_not_listed(tmp_path, monkeypatch):
     listed.clear()
     report = sync(open_local(a), open_local(b), state, SyncOptions())
     assert report.counts == {"copy a->b": 1}
-    assert listed == [["Work"]]
+    # only Work's cur/ changed on A: its new/ is not listed; on B, Work was just written to
+    assert listed[0] == (["Work"], ("cur",))
+    backdate(a)
+    backdate(b)
+    sync(open_local(a), open_local(b), state, SyncOptions())  # relists what it touched
+    os.rename(folder_dir(a, "INBOX") / "new" / "1.M1P1.x,S=3",
+              folder_dir(a, "Work") / "new" / "1.M1P1.x,S=3")  # moved, as a client would
+    backdate(a)
+    listed.clear()
+    report = sync(open_local(a), open_local(b), state, SyncOptions())
+    assert report.counts == {"move b": 1}
+    assert sorted(listed) == [(["INBOX"], ("new",)), (["Work"], ("new",))]
+    assert (folder_dir(b, "Work") / "new" / "1.M1P1.x,S=3").read_bytes() == b"abc"
 
 
 def test_keyword_letters_are_translated_by_name(tmp_path):

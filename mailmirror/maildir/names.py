@@ -7,7 +7,9 @@ folder. Pure: no file system access here; hostile names are rejected, never clea
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 SYSTEM_FLAGS = frozenset("DFPRST")
@@ -16,9 +18,6 @@ MAX_NAME = 255
 _LOCAL_FIELD = re.compile(r",U=\d+(?=,|$)")
 _FORBIDDEN = re.compile(r"[/\x00-\x1f\x7f]")
 _SIZE_FIELD = re.compile(r",S=(\d+)")
-# a line that is not "cur/NAME" or "new/NAME" with NAME as check_name wants it (ASCII)
-_BAD_RELNAME = re.compile(rf"^(?!(?:cur|new)/(?!\.\.?$)[^/\x00-\x1f\x7f]{{1,{MAX_NAME}}}$)",
-                          re.MULTILINE)
 
 
 class InvalidName(ValueError):
@@ -66,8 +65,17 @@ def check_name(name: str) -> None:
         raise InvalidName(f"message file name {name!r} contains a separator or control byte")
 
 
-def check_relnames(relnames: list[str]) -> None:
-    """Raise InvalidName unless each item is "cur/NAME" or "new/NAME" with a valid NAME.
+@functools.cache
+def _bad_relname(subdirs: tuple[str, ...]) -> re.Pattern[str]:
+    """A line that is not "SUBDIR/NAME" with NAME as check_name wants it (ASCII)."""
+    allowed = "|".join(re.escape(sub) for sub in subdirs)
+    return re.compile(rf"^(?!(?:{allowed})/(?!\.\.?$)[^/\x00-\x1f\x7f]{{1,{MAX_NAME}}}$)",
+                      re.MULTILINE)
+
+
+def check_relnames(relnames: list[str], subdirs: Sequence[str] = ("cur", "new")) -> None:
+    """Raise InvalidName unless each item is "SUBDIR/NAME", SUBDIR one of `subdirs` (cur/ and
+    new/ by default) and NAME valid.
 
     For a remote's whole listing: one regex over the joined names instead of a Python call
     per name (100,000 names in a few ms). A name holding a newline is forbidden anyway, and
@@ -82,11 +90,11 @@ def check_relnames(relnames: list[str]) -> None:
     if not joined.isascii():  # byte lengths differ from lengths in characters: one by one
         for relname in relnames:
             sub, _, name = relname.partition("/")
-            if sub not in ("cur", "new"):
+            if sub not in subdirs:
                 raise InvalidName(f"invalid message path {relname!r}")
             check_name(name)
         return
-    bad = _BAD_RELNAME.search(joined)
+    bad = _bad_relname(tuple(subdirs)).search(joined)
     if bad is not None:
         end = joined.find("\n", bad.start())
         raise InvalidName(f"invalid message path {joined[bad.start():end if end >= 0 else None]!r}")

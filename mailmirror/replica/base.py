@@ -22,6 +22,8 @@ from typing import Protocol
 
 from mailmirror.sync.model import Entry
 
+MESSAGE_SUBDIRS = ("cur", "new")
+
 
 @dataclass(frozen=True, slots=True)
 class Stamp:
@@ -99,14 +101,16 @@ class Replica(Protocol):
         """Every folder and its stamp. Cheap: no message is listed."""
         ...
 
-    def list(self, folders: Sequence[str]) -> dict[str, list[str]]:
-        """The relnames of every message in each folder; tmp/ and dot files are left out."""
+    def list(self, folders: Sequence[str],
+             subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> dict[str, list[str]]:
+        """The relnames of every message in each folder's `subdirs` (cur/ and new/ by
+        default); tmp/ and dot files are left out."""
         ...
 
-    def listings(self, folders: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
-        """list() of each folder in turn; a remote replica works on the next ones meanwhile.
-
-        The replica may be used for other calls between two steps of the iteration.
+    def listings(self, folders: Sequence[tuple[str, Sequence[str]]]
+                 ) -> Iterator[tuple[str, list[str]]]:
+        """list() of each (folder, subdirs) in turn; a remote replica works on the next ones
+        meanwhile. The replica may be used for other calls between two steps.
         """
         ...
 
@@ -165,7 +169,8 @@ class Replica(Protocol):
         ...
 
 
-def one_by_one(replica: Replica, folders: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
+def one_by_one(replica: Replica, folders: Sequence[tuple[str, Sequence[str]]]
+               ) -> Iterator[tuple[str, list[str]]]:
     """listings() for a replica that gains nothing from fetching ahead."""
-    for folder in folders:
-        yield folder, replica.list([folder])[folder]
+    for folder, subdirs in folders:
+        yield folder, replica.list([folder], subdirs)[folder]

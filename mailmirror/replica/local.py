@@ -42,6 +42,7 @@ from mailmirror.maildir.tombstones import (
     prune_tombstones,
 )
 from mailmirror.replica.base import (
+    MESSAGE_SUBDIRS,
     OK,
     Delivery,
     Message,
@@ -107,7 +108,8 @@ class LocalReplica:
             result[folder] = Stamp(_mtime(base / "cur"), _mtime(base / "new"))
         return result
 
-    def list(self, folders: Sequence[str]) -> dict[str, list[str]]:
+    def list(self, folders: Sequence[str],
+             subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> dict[str, list[str]]:
         listing = {}
         for folder in folders:
             base = folder_dir(self.root, folder, self.layout)
@@ -118,7 +120,9 @@ class LocalReplica:
                 raise ReplicaError(f"{link} is a symbolic link: mailmirror never follows one "
                                    "inside a maildir; replace it with a directory")
             names: list[str] = []
-            for sub in _SUBDIRS:
+            for sub in subdirs:
+                if sub not in _SUBDIRS:
+                    raise ValueError(f"not a message subdirectory: {sub!r}")
                 try:
                     entries = os.listdir(base / sub)
                 except FileNotFoundError:
@@ -128,7 +132,8 @@ class LocalReplica:
             listing[folder] = names
         return listing
 
-    def listings(self, folders: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
+    def listings(self, folders: Sequence[tuple[str, Sequence[str]]]
+                 ) -> Iterator[tuple[str, list[str]]]:
         return one_by_one(self, folders)
 
     def sizes(self, refs: Sequence[Ref]) -> list[int | None]:

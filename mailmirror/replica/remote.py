@@ -17,7 +17,16 @@ from typing import Protocol, TypeVar
 from mailmirror.errors import ReplicaError
 from mailmirror.maildir.folders import InvalidFolder, check_folder
 from mailmirror.maildir.names import InvalidName, check_relnames
-from mailmirror.replica.base import Delivery, Message, Outcome, Ref, Rename, Result, Stamp
+from mailmirror.replica.base import (
+    MESSAGE_SUBDIRS,
+    Delivery,
+    Message,
+    Outcome,
+    Ref,
+    Rename,
+    Result,
+    Stamp,
+)
 from mailmirror.sync.model import Entry
 from mailmirror.transport.protocol import (
     VERSION,
@@ -190,23 +199,32 @@ class AgentReplica:
             out[folder] = Stamp(pair[0], pair[1])
         return out
 
-    def list(self, folders: Sequence[str]) -> dict[str, list[str]]:
-        return self._listing(self._call("list", folders=list(folders)), folders)
+    def list(self, folders: Sequence[str],
+             subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> dict[str, list[str]]:
+        return self._listing(self._call("list", folders=list(folders), subdirs=list(subdirs)),
+                             folders, subdirs)
 
-    def listings(self, folders: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
+    def listings(self, folders: Sequence[tuple[str, Sequence[str]]]
+                 ) -> Iterator[tuple[str, list[str]]]:
         # LIST_AHEAD requests in flight: the agent lists the next folders while the caller
         # works on this one (strict request/reply left each side idle half the time)
-        waiting: deque[tuple[str, int]] = deque()
+        waiting: deque[tuple[str, Sequence[str], int]] = deque()
         todo = iter(folders)
-        for folder in itertools.islice(todo, LIST_AHEAD):
-            waiting.append((folder, self._send("list", folders=[folder])))
-        while waiting:
-            folder, rid = waiting.popleft()
-            if (following := next(todo, None)) is not None:
-                waiting.append((following, self._send("list", folders=[following])))
-            yield folder, self._listing(self._receive(rid)[0], [folder])[folder]
 
-    def _listing(self, raw: object, folders: Sequence[str]) -> dict[str, list[str]]:
+        def ask(folder: str, subdirs: Sequence[str]) -> None:
+            rid = self._send("list", folders=[folder], subdirs=list(subdirs))
+            waiting.append((folder, subdirs, rid))
+
+        for folder, subdirs in itertools.islice(todo, LIST_AHEAD):
+            ask(folder, subdirs)
+        while waiting:
+            folder, subdirs, rid = waiting.popleft()
+            if (following := next(todo, None)) is not None:
+                ask(*following)
+            yield folder, self._listing(self._receive(rid)[0], [folder], subdirs)[folder]
+
+    def _listing(self, raw: object, folders: Sequence[str],
+                 subdirs: Sequence[str]) -> dict[str, list[str]]:
         if not isinstance(raw, dict) or set(raw) != set(folders):
             raise self._bad("listing")
         total = 0
@@ -217,7 +235,7 @@ class AgentReplica:
             if total > MAX_LISTED:
                 raise self._bad("listing (too many names)")
             try:
-                check_relnames(names)
+                check_relnames(names, subdirs)
             except InvalidName as exc:
                 raise self._bad(f"message name ({exc})") from None
         return raw

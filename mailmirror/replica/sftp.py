@@ -33,6 +33,7 @@ from mailmirror.maildir.tombstones import (
     prune_tombstones,
 )
 from mailmirror.replica.base import (
+    MESSAGE_SUBDIRS,
     OK,
     Delivery,
     Message,
@@ -112,10 +113,14 @@ class SftpReplica:
     def stamps(self) -> dict[str, Stamp]:
         return self._run(self._stamps())
 
-    def list(self, folders: Sequence[str]) -> dict[str, list[str]]:
-        return self._run(self._list(folders))
+    def list(self, folders: Sequence[str],
+             subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> dict[str, list[str]]:
+        if not set(subdirs) <= set(_SUBDIRS):
+            raise ValueError(f"not message subdirectories: {subdirs!r}")
+        return self._run(self._list(folders, subdirs))
 
-    def listings(self, folders: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
+    def listings(self, folders: Sequence[tuple[str, Sequence[str]]]
+                 ) -> Iterator[tuple[str, list[str]]]:
         return one_by_one(self, folders)
 
     def sizes(self, refs: Sequence[Ref]) -> list[int | None]:
@@ -344,8 +349,9 @@ class SftpReplica:
         deeper = await self._gather(self._walk_fs(p, f + "/") for f, p in found)
         return found + [item for level in deeper for item in level]
 
-    async def _list(self, folders: Sequence[str]) -> dict[str, list[str]]:
-        paths = [(folder, sub, self._dir(folder) / sub) for folder in folders for sub in _SUBDIRS]
+    async def _list(self, folders: Sequence[str],
+                    subdirs: Sequence[str] = _SUBDIRS) -> dict[str, list[str]]:
+        paths = [(folder, sub, self._dir(folder) / sub) for folder in folders for sub in subdirs]
         names = await self._gather(self._listdir(p) for _, _, p in paths)
         listing: dict[str, list[str]] = {folder: [] for folder in folders}
         for (folder, sub, _), entries in zip(paths, names, strict=True):

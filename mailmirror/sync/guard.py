@@ -103,7 +103,7 @@ def _check_not_emptied(replicas: dict[Side, Replica], found: Scan) -> None:
     """A whole replica, or a folder, that lists nothing where the base knows messages."""
     for s in Side:
         expected = found.base_count[s]
-        whole = set(found.stamps[s]) <= found.dirty[s]
+        whole = set(found.stamps[s]) <= found.dirty[s] and not found.partial.get(s)
         if whole and expected >= EMPTY_GUARD and found.listed_count[s] == 0:
             raise SafetyStop(
                 f"{replicas[s].label} looks empty but held {expected} messages at the last sync: "

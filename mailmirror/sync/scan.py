@@ -65,6 +65,9 @@ class Scan:
     listed_count: dict[Side, int] = field(default_factory=dict)
     base_count: dict[Side, int] = field(default_factory=dict)  # base rows in dirty folders
     emptied: dict[Side, set[str]] = field(default_factory=dict)  # had base names, list none
+    # dirty folders listed in one subdir only (folder -> "cur" or "new"): the other one is
+    # unchanged since the last sync; a dirty folder not in here was listed whole
+    partial: dict[Side, dict[str, str]] = field(default_factory=dict)
 
 
 def side_code(side: Side, low: Side) -> str:
@@ -87,14 +90,25 @@ def scan(
     known = state.folders(pair_id)
     every = set(stamps[Side.A]) | set(stamps[Side.B]) | {f for f, _ in known}
     dirty: dict[Side, set[str]] = {}
+    partial: dict[Side, dict[str, str]] = {}
     for s in Side:
         code = side_code(s, low)
-        dirty[s] = set()
+        dirty[s], partial[s] = set(), {}
         for folder in every:
             row = known.get((folder, code))
-            if (full or row is None or not row.trusted or row.stamp != stamps[s].get(folder)):
+            stamp = stamps[s].get(folder)
+            if (full or row is None or not row.trusted or row.stamp != stamp):
                 dirty[s].add(folder)
-    result = Scan(stamps, clock, known, dirty, {}, {Side.A: {}, Side.B: {}}, set())
+                if not full and row is not None and row.trusted and row.stamp and stamp:
+                    # only what a directory holds changes its mtime: list just the one
+                    # that changed (new mail in new/ leaves a large cur/ unlisted)
+                    changed = [sub for sub, then, now in ((CUR, row.stamp.cur, stamp.cur),
+                                                          (NEW, row.stamp.new, stamp.new))
+                               if then != now]
+                    if len(changed) == 1:
+                        partial[s][folder] = changed[0]
+    result = Scan(stamps, clock, known, dirty, {}, {Side.A: {}, Side.B: {}}, set(),
+                  partial=partial)
     # Folder by folder, so memory follows the largest folder, not the maildir: base names and
     # listings are compared as C-level sets; only names that differ are parsed.
     gone: dict[Side, set[str]] = {Side.A: set(), Side.B: set()}  # base name no longer there
@@ -105,9 +119,11 @@ def scan(
             for s in Side if folder in dirty[s]]
     # the base names of the next folder are read (another thread, SQLite without the GIL)
     # while this one is listed
-    known = _ahead(lambda w: state.base_names(pair_id, w[0], idx[w[1]]), work)
+    known = _ahead(lambda w: state.base_names(pair_id, w[0], idx[w[1]],
+                                              partial[w[1]].get(w[0])), work)
     # a remote side lists its next folders while we compare this one
-    listings = {s: replicas[s].listings([f for f, side in work if side is s and f in stamps[s]])
+    listings = {s: replicas[s].listings([(f, _subdirs(partial[s], f)) for f, side in work
+                                         if side is s and f in stamps[s]])
                 for s in Side}
     # on an error, the thread is done with the store before we go on
     with closing(known), closing(listings[Side.A]), closing(listings[Side.B]):
@@ -119,7 +135,7 @@ def scan(
             # the names that vanished need that, the rest is one C-level set difference
             result.listed_count[s] += len(now)
             result.base_count[s] += len(known_names)
-            if known_names and not now and folder in stamps[s]:
+            if known_names and not now and folder in stamps[s] and folder not in partial[s]:
                 result.emptied[s].add(folder)
             removed = [key_of(parse_name(n[4:], replicas[s].sep).unique)
                        for n in known_names - now]
@@ -151,6 +167,11 @@ def scan(
             current[key] = at_base
     _fill_sizes(replicas, result)
     return result
+
+
+def _subdirs(partial: dict[str, str], folder: str) -> tuple[str, ...]:
+    only = partial.get(folder)
+    return (only,) if only else (CUR, NEW)
 
 
 def _next_listing(listings: Iterator[tuple[str, list[str]]], folder: str) -> list[str]:

@@ -201,16 +201,20 @@ class SyncState:
             for folder, side, cur, new, trusted in rows
         }
 
-    def base_names(self, pair_id: int, folder: str, side: int) -> set[str]:
-        """The relnames the base holds in `folder` on one side (0 low, 1 high).
+    def base_names(self, pair_id: int, folder: str, side: int,
+                   subdir: str | None = None) -> set[str]:
+        """The relnames the base holds in `folder` on one side (0 low, 1 high), only those in
+        `subdir` ("cur" or "new") when given.
 
         Joined inside SQLite and split in C (names never hold a newline): no Python object
         per row, and SQLite works without the GIL, so scan() runs this beside its listing.
         """
         column = ("name_low", "name_high")[side]
+        only = f" AND substr({column}, 1, 4) = ?" if subdir else ""
         (joined,) = self.conn.execute(
             f"SELECT group_concat({column}, char(10)) FROM sync_base "
-            "WHERE pair_id=? AND folder=?", (pair_id, folder)).fetchone()
+            f"WHERE pair_id=? AND folder=?{only}",
+            (pair_id, folder, *([f"{subdir}/"] if subdir else []))).fetchone()
         return set(joined.split("\n")) if joined else set()
 
     def base_for(self, pair_id: int, keys: Sequence[str]) -> Iterator[tuple[str, BaseRow]]:

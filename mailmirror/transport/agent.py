@@ -18,7 +18,7 @@ from mailmirror import __version__
 from mailmirror.errors import MailmirrorError
 from mailmirror.maildir.folders import check_folder
 from mailmirror.maildir.names import check_name
-from mailmirror.replica.base import Delivery, Ref, Rename, Result
+from mailmirror.replica.base import MESSAGE_SUBDIRS, Delivery, Ref, Rename, Result
 from mailmirror.replica.local import LocalReplica, open_local
 from mailmirror.sync.model import Entry
 from mailmirror.transport.privilege import drop_to_owner
@@ -100,7 +100,10 @@ class Agent:
             folders = header.get("folders")
             if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
                 raise ProtocolError("list needs folders")
-            return replica.list(folders), b""
+            subdirs = header.get("subdirs", list(MESSAGE_SUBDIRS))
+            if not isinstance(subdirs, list) or not all(isinstance(s, str) for s in subdirs):
+                raise ProtocolError("list subdirs must be a list of names")
+            return replica.list(folders, subdirs), b""
         if op == "sizes":
             return replica.sizes(_refs(header.get("refs"))), b""
         if op == "keywords":
