@@ -101,6 +101,19 @@ def test_a_run_that_would_delete_most_mail_asks_for_allow_mass_delete(
     assert run(a, b, state, max_delete_percent=60).counts == {"delete a": 55, "copy b->a": 1}
 
 
+def test_deletions_are_weighed_against_the_whole_replica_not_the_folders_listed(
+        tmp_path: Path, state: SyncState) -> None:
+    """40 of a 60-message folder is 67% of what was listed, 15% of the 260 messages held."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    small = fill(a, "Small", 60)
+    fill(a, "Big", 200)
+    run(a, b, state)
+    for key in small[:40]:
+        os.unlink(folder_dir(a, "Small") / "cur" / f"{key}:2,S")
+    (folder_dir(b, "Small") / "cur" / "1800000000.M1P1.new,S=9:2,S").write_bytes(b"n")
+    assert run(a, b, state).counts == {"delete b": 40, "copy b->a": 1}
+
+
 def test_few_deletions_never_count_as_mass_deletion(tmp_path: Path, state: SyncState) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     keys = fill(a, "INBOX", guard.MASS_DELETE_MIN - 1)

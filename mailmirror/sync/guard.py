@@ -83,13 +83,22 @@ def check_scan(replicas: dict[Side, Replica], found: Scan, state: SyncState, new
         _check_not_a_stranger(replicas, found, state)
 
 
+def too_many_deletions(deletions: Counter[Side], held: dict[Side, int], percent: float) -> bool:
+    """Whether check_deletions would stop with these figures."""
+    return any(_too_many(deletions[s], held[s], percent) for s in Side)
+
+
+def _too_many(count: int, held: int, percent: float) -> bool:
+    return count >= MASS_DELETE_MIN and count * 100 > percent * max(held, 1)
+
+
 def check_deletions(replicas: dict[Side, Replica], deletions: Counter[Side],
                     held: dict[Side, int], percent: float) -> None:
     """Stop when a run would delete more than `percent` of what a side holds (and at least
     MASS_DELETE_MIN messages)."""
     for s in Side:
         count = deletions[s]
-        if count < MASS_DELETE_MIN or count * 100 <= percent * max(held[s], 1):
+        if not _too_many(count, held[s], percent):
             continue
         share = 100 * count / max(held[s], count)
         raise SafetyStop(
