@@ -60,12 +60,26 @@ def run_cli(a: Path, b: Path, state: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-@pytest.mark.parametrize("delay", [0.15, 0.3, 0.5, 0.8])
-def test_sigkill_during_copy_leaves_nothing_partial(tmp_path, delay):
+def count_published(root: Path) -> int:
+    total = 0
+    for folder in FOLDERS:
+        for sub in ("cur", "new"):
+            try:
+                total += len(os.listdir(folder_dir(root, folder) / sub))
+            except FileNotFoundError:
+                continue
+    return total
+
+
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.5, 0.9])
+def test_sigkill_during_copy_leaves_nothing_partial(tmp_path, share):
+    """SIGKILL once `share` of the messages are in B (0.0: as soon as B exists): points in
+    the copy, not in time, so a faster copy still gets killed in the middle."""
     a, b, state = tmp_path / "a", tmp_path / "b", tmp_path / "state.db"
     contents = make_tree(a, 3000, 30_000)
     proc = run_cli(a, b, state)
-    time.sleep(delay)
+    while proc.poll() is None and not (b.exists() and count_published(b) >= share * 3000):
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = published(b) if b.exists() else {}
