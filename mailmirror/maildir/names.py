@@ -15,6 +15,7 @@ from dataclasses import dataclass
 SYSTEM_FLAGS = frozenset("DFPRST")
 SEPARATORS = (":", ";", "!")
 MAX_NAME = 255
+MESSAGE_SUBDIRS = ("cur", "new")  # where a maildir folder keeps its messages
 _LOCAL_FIELD = re.compile(r",U=\d+(?=,|$)")
 _FORBIDDEN = re.compile(r"[/\x00-\x1f\x7f]")
 _SIZE_FIELD = re.compile(r",S=(\d+)")
@@ -73,7 +74,7 @@ def _bad_relname(subdirs: tuple[str, ...]) -> re.Pattern[str]:
                       re.MULTILINE)
 
 
-def check_relnames(relnames: list[str], subdirs: Sequence[str] = ("cur", "new")) -> None:
+def check_relnames(relnames: list[str], subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> None:
     """Raise InvalidName unless each item is "SUBDIR/NAME", SUBDIR one of `subdirs` (cur/ and
     new/ by default) and NAME valid.
 

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from mailmirror.maildir.names import MESSAGE_SUBDIRS
 from mailmirror.sync.model import Entry
-
-MESSAGE_SUBDIRS = ("cur", "new")
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from mailmirror.maildir.fsops import (
     rename_noreplace,
     sync_filesystem,
 )
-from mailmirror.maildir.names import check_name
+from mailmirror.maildir.names import MESSAGE_SUBDIRS, check_name
 from mailmirror.maildir.tombstones import (
     TOMBSTONES_FILE,
     format_deletions,
@@ -42,7 +42,6 @@ from mailmirror.maildir.tombstones import (
     prune_tombstones,
 )
 from mailmirror.replica.base import (
-    MESSAGE_SUBDIRS,
     OK,
     Delivery,
     Message,
@@ -59,7 +58,6 @@ ID_FILE = "mailmirror-id"
 TMP_SUFFIX = ".mmtmp"
 MAX_MESSAGE = 1 << 30
 TOMBSTONE_REWRITE_BYTES = 8 << 20
-_SUBDIRS = ("cur", "new")
 
 
 class LocalReplica:
@@ -121,7 +119,7 @@ class LocalReplica:
                                    "inside a maildir; replace it with a directory")
             names: list[str] = []
             for sub in subdirs:
-                if sub not in _SUBDIRS:
+                if sub not in MESSAGE_SUBDIRS:
                     raise ValueError(f"not a message subdirectory: {sub!r}")
                 try:
                     entries = os.listdir(base / sub)
@@ -353,7 +351,7 @@ class LocalReplica:
 
     def _path(self, ref: Ref) -> str:
         sub, _, name = ref.relname.partition("/")
-        if sub not in _SUBDIRS:
+        if sub not in MESSAGE_SUBDIRS:
             raise ValueError(f"invalid message path {ref.relname!r}")
         check_name(name)
         return f"{self._dir(ref.folder)}/{sub}/{name}"

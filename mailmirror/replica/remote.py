@@ -16,9 +16,8 @@ from typing import Protocol, TypeVar
 
 from mailmirror.errors import ReplicaError
 from mailmirror.maildir.folders import InvalidFolder, check_folder
-from mailmirror.maildir.names import InvalidName, check_relnames
+from mailmirror.maildir.names import MESSAGE_SUBDIRS, InvalidName, check_relnames
 from mailmirror.replica.base import (
-    MESSAGE_SUBDIRS,
     Delivery,
     Message,
     Outcome,

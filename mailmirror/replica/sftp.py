@@ -25,7 +25,7 @@ from mailmirror.maildir import keywords as kw
 from mailmirror.maildir import quarantine
 from mailmirror.maildir.folders import FS, INBOX, MAILDIRPP, SUBDIRS, InvalidFolder, check_folder
 from mailmirror.maildir.folders import folder_dir as _folder_dir
-from mailmirror.maildir.names import check_name
+from mailmirror.maildir.names import MESSAGE_SUBDIRS, check_name
 from mailmirror.maildir.tombstones import (
     TOMBSTONES_FILE,
     format_deletions,
@@ -33,7 +33,6 @@ from mailmirror.maildir.tombstones import (
     prune_tombstones,
 )
 from mailmirror.replica.base import (
-    MESSAGE_SUBDIRS,
     OK,
     Delivery,
     Message,
@@ -56,7 +55,6 @@ _WRITE_NEW = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_EXCL
 _MODE_FILE = asyncssh.SFTPAttrs(permissions=0o600)
 _MODE_DIR = asyncssh.SFTPAttrs(permissions=0o700)
 _LOST = (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)
-_SUBDIRS = ("cur", "new")
 
 
 class SftpReplica:
@@ -115,7 +113,7 @@ class SftpReplica:
 
     def list(self, folders: Sequence[str],
              subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> dict[str, list[str]]:
-        if not set(subdirs) <= set(_SUBDIRS):
+        if not set(subdirs) <= set(MESSAGE_SUBDIRS):
             raise ValueError(f"not message subdirectories: {subdirs!r}")
         return self._run(self._list(folders, subdirs))
 
@@ -206,7 +204,7 @@ class SftpReplica:
 
     def _path(self, ref: Ref) -> bytes:
         sub, _, name = ref.relname.partition("/")
-        if sub not in _SUBDIRS:
+        if sub not in MESSAGE_SUBDIRS:
             raise ValueError(f"invalid message path {ref.relname!r}")
         check_name(name)
         return _b(self._dir(ref.folder) / sub / name)
@@ -327,7 +325,7 @@ class SftpReplica:
         else:
             candidates.extend(await self._walk_fs(self.root, ""))
         subs = await self._gather(self._stat(path / sub) for _, path in candidates
-                                  for sub in _SUBDIRS)
+                                  for sub in MESSAGE_SUBDIRS)
         result = {}
         for i, (folder, _) in enumerate(candidates):
             cur, new = subs[2 * i], subs[2 * i + 1]
@@ -349,8 +347,7 @@ class SftpReplica:
         deeper = await self._gather(self._walk_fs(p, f + "/") for f, p in found)
         return found + [item for level in deeper for item in level]
 
-    async def _list(self, folders: Sequence[str],
-                    subdirs: Sequence[str] = _SUBDIRS) -> dict[str, list[str]]:
+    async def _list(self, folders: Sequence[str], subdirs: Sequence[str]) -> dict[str, list[str]]:
         paths = [(folder, sub, self._dir(folder) / sub) for folder in folders for sub in subdirs]
         names = await self._gather(self._listdir(p) for _, _, p in paths)
         listing: dict[str, list[str]] = {folder: [] for folder in folders}

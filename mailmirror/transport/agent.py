@@ -17,8 +17,8 @@ from typing import BinaryIO
 from mailmirror import __version__
 from mailmirror.errors import MailmirrorError
 from mailmirror.maildir.folders import check_folder
-from mailmirror.maildir.names import check_name
-from mailmirror.replica.base import MESSAGE_SUBDIRS, Delivery, Ref, Rename, Result
+from mailmirror.maildir.names import MESSAGE_SUBDIRS, check_name
+from mailmirror.replica.base import Delivery, Ref, Rename, Result
 from mailmirror.replica.local import LocalReplica, open_local
 from mailmirror.sync.model import Entry
 from mailmirror.transport.privilege import drop_to_owner
