@@ -13,6 +13,7 @@ Run it as `.venv/bin/python -m bench.run` or `python bench/run.py`; `--help` lis
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import dataclasses
 import hashlib
@@ -61,6 +62,17 @@ def default_root() -> Path:
 def default_mailmirror() -> str:
     venv = REPO / ".venv" / "bin" / "mailmirror"
     return str(venv) if venv.exists() else "mailmirror"
+
+
+def compile_sources() -> None:
+    """Write the bytecode of the checkout's packages, as installing a wheel does.
+
+    An editable install leaves that to the first import, which never happens where
+    PYTHONDONTWRITEBYTECODE is set (this machine's environment sets it): every measured run
+    then compiled each module edited since its .pyc was written, 10-20 ms per run.
+    """
+    for package in ("mailmirror", "failover"):
+        compileall.compile_dir(REPO / package, quiet=2)
 
 
 def filesystem_of(path: Path) -> str:
@@ -296,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         log("error: cannot run " + "; ".join(missing))
         return 2
+    compile_sources()
     root: Path = args.root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob("failed-*"):  # kept by an earlier run (see Bench.keep)
