@@ -18,8 +18,6 @@ from collections.abc import Awaitable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import PurePosixPath
 from typing import Any, TypeVar, cast
 
-import asyncssh
-
 from mailmirror.errors import ReplicaError
 from mailmirror.maildir import keywords as kw
 from mailmirror.maildir import quarantine
@@ -46,6 +44,7 @@ from mailmirror.replica.base import (
 from mailmirror.replica.local import ID_FILE, MAX_MESSAGE, TOMBSTONE_REWRITE_BYTES
 from mailmirror.sync.model import Entry
 from mailmirror.transport.loop import run_on
+from mailmirror.transport.sshlib import asyncssh
 
 T = TypeVar("T")
 CONCURRENCY = 64  # requests in flight per batch: enough to hide latency, bounded memory

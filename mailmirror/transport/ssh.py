@@ -16,15 +16,13 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-import asyncssh
-from asyncssh.encryption import get_default_encryption_algs
-
 from mailmirror.errors import ReplicaError
 from mailmirror.replica.remote import AgentReplica
 from mailmirror.replica.sftp import SftpReplica, open_sftp
 from mailmirror.transport.address import Remote
 from mailmirror.transport.loop import LoopThread
 from mailmirror.transport.options import DEFAULT_AGENT, SshOptions
+from mailmirror.transport.sshlib import asyncssh
 
 T = TypeVar("T")
 
@@ -256,7 +254,7 @@ def _ciphers(host: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     (119 MiB/s here) where AES-GCM is one call (190 MiB/s): a first copy moves every byte.
     """
     algs = asyncssh.SSHClientConnectionOptions(host=host, **kwargs).encryption_algs
-    if list(algs) != list(get_default_encryption_algs()):
+    if list(algs) != list(asyncssh.encryption.get_default_encryption_algs()):
         return {}  # the user's choice
     gcm = [alg for alg in algs if alg.endswith(b"-gcm@openssh.com")]
     return {"encryption_algs": [a.decode() for a in gcm + [a for a in algs if a not in gcm]]}
