@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -238,3 +239,27 @@ def test_state_migrates_from_v1_keeping_the_base(tmp_path):
     assert state.base_names(1, "Work", 0) == {"cur/k1:2,S"}
     (key, row), = state.base_for(1, ["k1"])
     assert key == "k1" and row.entry == Entry("Work", CUR, frozenset("S"), 5)
+
+
+@pytest.mark.parametrize("count", [1, 99, 100, 101, 250])
+def test_base_rows_written_in_several_statements_read_back_exactly(tmp_path, count):
+    """write_base puts many rows in one INSERT: every chunk boundary keeps each row once, and
+    a key recorded again in another folder replaces its old row (the unique key index)."""
+    from mailmirror.sync.state import BaseRow
+
+    state = SyncState(open_store(tmp_path / "s.db"))
+    pair_id = state.pair("a", "b", "A", "B").pair_id
+    keys = [f"k{i:04d}" for i in range(count)]
+
+    def row(key: str, folder: str) -> BaseRow:
+        name = f"cur/{key}:2,S"
+        return BaseRow(Entry(folder, CUR, frozenset("S"), len(key)), (name, name))
+
+    state.write_base(pair_id, [(k, row(k, "Work")) for k in keys])
+    assert dict(state.base_for(pair_id, keys)) == {k: row(k, "Work") for k in keys}
+    moved, gone = keys[::3], set(keys[1::3])
+    state.write_base(pair_id, [(k, None) for k in gone] + [(k, row(k, "Old")) for k in moved])
+    assert state.base_count(pair_id) == count - len(gone)
+    assert state.base_names(pair_id, "Old", 0) == {f"cur/{k}:2,S" for k in moved}
+    assert state.base_names(pair_id, "Work", 1) == {
+        f"cur/{k}:2,S" for k in keys if k not in gone and k not in moved}

@@ -8,6 +8,7 @@ common entry plus each side's file name. Callers map their sides A/B onto low/hi
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import sqlite3
 import time
@@ -84,10 +85,18 @@ MIGRATIONS = [
 ]
 
 FLAG_SEP = " "
+ROWS_PER_INSERT = 100  # base rows per INSERT statement (800 parameters)
 
 
 def encode_flags(flags: Iterable[str]) -> str:
     return FLAG_SEP.join(sorted(flags))
+
+
+@functools.cache
+def _upsert_sql(rows: int) -> str:
+    # REPLACE also drops the row of a key that moved folder (the unique key index)
+    return ("INSERT OR REPLACE INTO sync_base (pair_id, key, folder, subdir, flags, size, "
+            "name_low, name_high) VALUES " + ",".join(["(?,?,?,?,?,?,?,?)"] * rows))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -251,10 +260,11 @@ class SyncState:
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.executemany("DELETE FROM sync_base WHERE pair_id=? AND key=?", deletes)
-            # REPLACE also drops the row of a key that moved folder (the unique key index)
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO sync_base (pair_id, key, folder, subdir, flags, size, "
-                "name_low, name_high) VALUES (?,?,?,?,?,?,?,?)", upserts)
+            # many rows per statement: executemany steps once per row and gives the GIL up at
+            # each step, to the copy thread that competes with it during a first copy
+            for start in range(0, len(upserts), ROWS_PER_INSERT):
+                chunk = upserts[start:start + ROWS_PER_INSERT]
+                self.conn.execute(_upsert_sql(len(chunk)), list(itertools.chain(*chunk)))
         crashpoint.after("record base")
 
     def write_folders(self, pair_id: int, rows: dict[tuple[str, str], FolderRow | None]) -> None:
