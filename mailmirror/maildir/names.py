@@ -66,6 +66,16 @@ def check_name(name: str) -> None:
         raise InvalidName(f"message file name {name!r} contains a separator or control byte")
 
 
+def split_relname(relname: str, subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> tuple[str, str]:
+    """("cur", NAME) from "cur/NAME"; InvalidName unless the subdir is one of `subdirs` and
+    NAME a valid message file name."""
+    sub, _, name = relname.partition("/")
+    if sub not in subdirs:
+        raise InvalidName(f"invalid message path {relname!r}")
+    check_name(name)
+    return sub, name
+
+
 @functools.cache
 def _bad_relname(subdirs: tuple[str, ...]) -> re.Pattern[str]:
     """A line that is not "SUBDIR/NAME" with NAME as check_name wants it (ASCII)."""
@@ -90,10 +100,7 @@ def check_relnames(relnames: list[str], subdirs: Sequence[str] = MESSAGE_SUBDIRS
         raise InvalidName("a message name that is not text") from None
     if not joined.isascii():  # byte lengths differ from lengths in characters: one by one
         for relname in relnames:
-            sub, _, name = relname.partition("/")
-            if sub not in subdirs:
-                raise InvalidName(f"invalid message path {relname!r}")
-            check_name(name)
+            split_relname(relname, subdirs)
         return
     bad = _bad_relname(tuple(subdirs)).search(joined)
     if bad is not None:

@@ -34,7 +34,7 @@ from mailmirror.maildir.fsops import (
     rename_noreplace,
     sync_filesystem,
 )
-from mailmirror.maildir.names import MESSAGE_SUBDIRS, check_name
+from mailmirror.maildir.names import MESSAGE_SUBDIRS, split_relname
 from mailmirror.maildir.tombstones import (
     TOMBSTONES_FILE,
     format_deletions,
@@ -350,10 +350,7 @@ class LocalReplica:
         return mode
 
     def _path(self, ref: Ref) -> str:
-        sub, _, name = ref.relname.partition("/")
-        if sub not in MESSAGE_SUBDIRS:
-            raise ValueError(f"invalid message path {ref.relname!r}")
-        check_name(name)
+        sub, name = split_relname(ref.relname)
         return f"{self._dir(ref.folder)}/{sub}/{name}"
 
     def _tmp_path(self, folder: str) -> str:

@@ -23,7 +23,7 @@ from mailmirror.maildir import keywords as kw
 from mailmirror.maildir import quarantine
 from mailmirror.maildir.folders import FS, INBOX, MAILDIRPP, SUBDIRS, InvalidFolder, check_folder
 from mailmirror.maildir.folders import folder_dir as _folder_dir
-from mailmirror.maildir.names import MESSAGE_SUBDIRS, check_name
+from mailmirror.maildir.names import MESSAGE_SUBDIRS, split_relname
 from mailmirror.maildir.tombstones import (
     TOMBSTONES_FILE,
     format_deletions,
@@ -202,10 +202,7 @@ class SftpReplica:
         return _folder_dir(self.root, folder, self.layout)
 
     def _path(self, ref: Ref) -> bytes:
-        sub, _, name = ref.relname.partition("/")
-        if sub not in MESSAGE_SUBDIRS:
-            raise ValueError(f"invalid message path {ref.relname!r}")
-        check_name(name)
+        sub, name = split_relname(ref.relname)
         return _b(self._dir(ref.folder) / sub / name)
 
     async def _exists(self, path: bytes) -> bool:

@@ -207,7 +207,6 @@ class SshSession:
                                       keepalive_interval=self.options.keepalive,
                                       keepalive_count_max=3, **_ciphers(host, kwargs), **kwargs)
 
-
     def open_agent(self, path: str, layout: str, sep: str, readonly: bool,
                    command: str | None = None) -> AgentReplica:
         """Start `COMMAND PATH` on the remote and speak the agent protocol to it.
