@@ -263,3 +263,49 @@ def test_base_rows_written_in_several_statements_read_back_exactly(tmp_path, cou
     assert state.base_names(pair_id, "Old", 0) == {f"cur/{k}:2,S" for k in moved}
     assert state.base_names(pair_id, "Work", 1) == {
         f"cur/{k}:2,S" for k in keys if k not in gone and k not in moved}
+
+
+def test_scan_shares_what_names_have_in_common_and_gives_each_name_back(tmp_path):
+    """A first sync holds every message of a side: names that are their key plus a common
+    suffix share one stored value, and every name reads back exactly as on disk."""
+    from mailmirror.sync.flags import FlagCodec
+    from mailmirror.sync.model import Side
+    from mailmirror.sync.scan import scan
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in ("INBOX", "Work"):
+        create_folder(a, folder)
+    create_folder(b, "INBOX")
+    (a / "dovecot-keywords").write_text("0 $Label1\n")
+    odd = {
+        "INBOX": ["cur/u.M1P1.x,S=5,U=7:2,FS",  # a replica-local field: key differs from name
+                  "new/n.M1P1.x",  # no info, no size
+                  "cur/o.M1P1.x,S=4:1,odd",  # an info that is not "2,"
+                  "cur/k.M1P1.x,S=3:2,Sa"],  # a keyword letter
+        "Work": ["cur/w.M1P1.x,S=6:2,"],
+    }
+    common = [f"cur/{i}.M{i}P1.x,S={i + 1}:2,S" for i in range(300)]
+    for folder, relnames in (("INBOX", odd["INBOX"] + common), ("Work", odd["Work"])):
+        for relname in relnames:
+            (folder_dir(a, folder) / relname).write_bytes(b"x")
+    ra, rb = open_local(a), open_local(b)
+    state = SyncState(open_store(tmp_path / "s.db"))
+    low = Side.A if ra.id < rb.id else Side.B
+    ids = (ra.id, rb.id, ra.label, rb.label) if low is Side.A else (rb.id, ra.id, rb.label,
+                                                                     ra.label)
+    pair = state.pair(*ids)
+    replicas = {Side.A: ra, Side.B: rb}
+    found = scan(replicas, state, pair.pair_id, low, FlagCodec(replicas))
+    listing = found.current[Side.A]
+    on_disk = {(folder, relname) for folder, relnames in odd.items() for relname in relnames}
+    on_disk.update(("INBOX", relname) for relname in common)
+    assert len(listing) == len(on_disk)
+    assert {(listing[key].entry.folder, listing[key].relname) for key in listing} == on_disk
+    assert listing.get("nothing") is None
+    stored = {id(value) for value in dict.values(listing)}
+    assert len(stored) <= 8  # 300 names in INBOX's cur/ with flag S: one value between them
+    assert listing.entry("7.M7P1.x,S=8") == Entry("INBOX", CUR, frozenset("S"), 8)
+    assert listing.entry("u.M1P1.x,S=5") == Entry("INBOX", CUR, frozenset("FS"), 5)
+    assert listing.entry("n.M1P1.x") == Entry("INBOX", NEW, frozenset(), None)
+    assert listing.entry("k.M1P1.x,S=3") == Entry("INBOX", CUR, frozenset({"S", "$Label1"}), 3)
+    assert listing.entry("o.M1P1.x,S=4").flags == frozenset()

@@ -34,7 +34,7 @@ from mailmirror.sync.model import (
     Rekey,
     Side,
 )
-from mailmirror.sync.scan import Loc, Scan, details, odd_info, scan, side_code
+from mailmirror.sync.scan import Listing, Loc, Scan, details, odd_info, scan, side_code
 from mailmirror.sync.state import BaseRow, FolderRow, SyncState
 
 ProgressFn = Callable[[str, int, int], None]
@@ -136,8 +136,8 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
         return reconcile.plan(
             chunk,
             {k: found.base[k].entry for k in chunk if k in found.base},
-            {k: found.current[Side.A][k].entry for k in chunk if k in found.current[Side.A]},
-            {k: found.current[Side.B][k].entry for k in chunk if k in found.current[Side.B]},
+            {k: found.current[Side.A].entry(k) for k in chunk if k in found.current[Side.A]},
+            {k: found.current[Side.B].entry(k) for k in chunk if k in found.current[Side.B]},
             options.prefer,
             tombs,
         )
@@ -251,7 +251,7 @@ class _Executor:
         self.low = low
         self.report = report
         self.options = options
-        self.locs: dict[Side, dict[str, Loc]] = found.current  # gains rekeyed names
+        self.locs: dict[Side, Listing] = found.current  # gains rekeyed names
         self.names: dict[Side, dict[str, str]] = {Side.A: {}, Side.B: {}}  # until recorded
         self.pending: list[int] = []
         self.failed: set[int] = set()
@@ -533,7 +533,7 @@ class _Executor:
     def _read_batch(self, batch: list[tuple[int, Copy]]) -> list[Message | Result]:
         source = batch[0][1].source
         locs = self.locs[source]
-        refs = [Ref(locs[a.key].entry.folder, locs[a.key].relname) for _, a in batch]
+        refs = [Ref(loc.entry.folder, loc.relname) for loc in (locs[a.key] for _, a in batch)]
         return self.replicas[source].read(refs)
 
     def _deliver_batch(self, batch: list[tuple[int, Copy]],
