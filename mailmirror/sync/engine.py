@@ -50,7 +50,7 @@ class SyncOptions:
     allow_empty: bool = False
     margin_ns: int = 2_000_000_000
     batch_count: int = 1000
-    batch_bytes: int = 4 << 20
+    batch_bytes: int = 2 << 20
     progress: ProgressFn | None = None
     should_stop: Callable[[], bool] | None = None  # checked between slices (watch shutdown)
     allow_mass_delete: bool = False

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailmirror.errors import ReplicaError
+from mailmirror.memory import share_one_heap
 from mailmirror.replica.remote import AgentReplica
 from mailmirror.replica.sftp import SftpReplica, open_sftp
 from mailmirror.transport.address import Remote
@@ -107,6 +108,7 @@ class SshSession:
         self.remote = remote
         self.host = remote.host
         self.options = options
+        share_one_heap()  # before the loop thread: a copy's threads then share one heap
         self._loop = LoopThread("mailmirror-ssh")
         self._connected = False
         self._sftp: asyncssh.SFTPClient | None = None
