@@ -130,7 +130,7 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
     guard.check_scan(replicas, found, state, pair.created, options.allow_empty,
                      options.accept_new_replica)
     tombs = _tombstones(replicas, found)
-    keys = sorted(found.candidates)
+    keys = found.keys
 
     def plan_of(chunk: list[str]) -> Plan:
         return reconcile.plan(
@@ -197,7 +197,7 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
 def _tombstones(replicas: dict[Side, Replica], found: Scan) -> dict[str, Entry]:
     """Tombstones of the absent side, for keys this pair has no base for and one side lacks."""
     wanted: dict[Side, list[str]] = {Side.A: [], Side.B: []}
-    for key in found.candidates:
+    for key in found.keys:
         if key in found.base:
             continue
         in_a, in_b = key in found.current[Side.A], key in found.current[Side.B]
@@ -214,7 +214,7 @@ def _deletions(found: Scan, tombs: dict[str, Entry],
     """How many messages the run would delete on each side. Only a key one side lacks and
     that has a base row or a tombstone can be deleted, so only those are planned (the
     planner is pure and per key), in slices like the run itself."""
-    lacking = sorted(k for k in found.candidates
+    lacking = sorted(k for k in found.keys
                      if (k in found.current[Side.A]) != (k in found.current[Side.B])
                      and (k in found.base or k in tombs))
     counts: Counter[Side] = Counter()
@@ -261,7 +261,7 @@ class _Executor:
         self.unsettled: set[tuple[Side, str]] = set()
         self.created: set[tuple[Side, str]] = set()
         self.tombs: dict[Side, list[tuple[str, Entry]]] = {Side.A: [], Side.B: []}
-        for key in found.candidates:  # deletions users made since the last sync
+        for key in found.keys:  # deletions users made since the last sync
             row = found.base.get(key)
             for s in Side:
                 if row is not None and key not in found.current[s]:

@@ -119,7 +119,7 @@ def _check_not_emptied(replicas: dict[Side, Replica], found: Scan) -> None:
                 "is the disk mounted? Nothing was changed; rerun with --allow-empty if the "
                 "mail really was deleted")
     lost: dict[tuple[Side, str], int] = Counter()
-    for key in found.candidates:
+    for key in found.keys:
         row = found.base.get(key)
         if row is None:
             continue
