@@ -20,7 +20,9 @@ from mailmirror.maildir.names import parse_name
 from mailmirror.replica.local import open_local
 from mailmirror.store import open_store
 from mailmirror.sync.engine import SyncOptions, sync
-from mailmirror.sync.model import CUR, NEW, Entry
+from mailmirror.sync.flags import FlagCodec
+from mailmirror.sync.model import CUR, NEW, Entry, Side
+from mailmirror.sync.scan import scan
 from mailmirror.sync.state import SyncState
 from tests.sim import sync_pair
 
@@ -268,10 +270,6 @@ def test_base_rows_written_in_several_statements_read_back_exactly(tmp_path, cou
 def test_scan_shares_what_names_have_in_common_and_gives_each_name_back(tmp_path):
     """A first sync holds every message of a side: names that are their key plus a common
     suffix share one stored value, and every name reads back exactly as on disk."""
-    from mailmirror.sync.flags import FlagCodec
-    from mailmirror.sync.model import Side
-    from mailmirror.sync.scan import scan
-
     a, b = tmp_path / "a", tmp_path / "b"
     for folder in ("INBOX", "Work"):
         create_folder(a, folder)
