@@ -32,8 +32,8 @@ from mailmirror.transport.protocol import (
     Frame,
     ProtocolError,
     TruncatedFrame,
-    encode_frame,
     exact_reader,
+    frame_pieces,
     read_frame,
     split_data,
 )
@@ -51,7 +51,9 @@ class WatchUnavailable(ReplicaError):
 class Channel(Protocol):
     """A two-way byte stream to an agent."""
 
-    def send(self, data: bytes) -> None: ...
+    def send(self, pieces: Sequence[bytes]) -> None:
+        """Write one frame given as pieces (not joined first: see SshChannel.send)."""
+        ...
 
     def read_exactly(self, n: int) -> bytes: ...
 
@@ -115,7 +117,7 @@ class AgentReplica:
         """Send one request; its reply is read by _receive, replies come in request order."""
         rid = next(self._ids)
         self._sent.add(rid)
-        self._guard(lambda: self.channel.send(encode_frame({"id": rid, "op": op, **fields},
+        self._guard(lambda: self.channel.send(frame_pieces({"id": rid, "op": op, **fields},
                                                            *data)))
         return rid
 
@@ -421,8 +423,8 @@ class PipeChannel:
         self._stdin = self.proc.stdin
         self.read_exactly = exact_reader(self.proc.stdout)
 
-    def send(self, data: bytes) -> None:
-        self._stdin.write(data)
+    def send(self, pieces: Sequence[bytes]) -> None:
+        self._stdin.writelines(pieces)
         self._stdin.flush()
 
     def close(self) -> None:

@@ -35,12 +35,17 @@ class Frame:
 
 def encode_frame(header: dict, *data: bytes) -> bytes:
     """One frame; its data is the pieces given, concatenated (one copy, not one per piece)."""
+    return b"".join(frame_pieces(header, *data))
+
+
+def frame_pieces(header: dict, *data: bytes) -> list[bytes]:
+    """One frame as pieces to write in turn, its data not copied into one buffer."""
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False,
                      ).encode("utf-8", "surrogateescape")
     size = sum(len(piece) for piece in data)
     if len(raw) > MAX_HEADER or size > MAX_DATA:
         raise ProtocolError("frame too large")
-    return b"".join((PREFIX.pack(len(raw), size), raw, *data))
+    return [PREFIX.pack(len(raw), size) + raw, *data]
 
 
 def decode_prefix(prefix: bytes) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import shlex
 import socket
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ from mailmirror.transport.options import DEFAULT_AGENT, SshOptions
 from mailmirror.transport.sshlib import asyncssh
 
 T = TypeVar("T")
+SEND_CHUNK = 256 << 10  # bytes per write to the SSH channel (SshChannel.send)
 
 
 class AgentMissing(ReplicaError):
@@ -51,10 +52,24 @@ class SshChannel:
         self.process = process
         self.command = command
 
-    def send(self, data: bytes) -> None:
+    def send(self, pieces: Sequence[bytes]) -> None:
         async def write() -> None:
-            self.process.stdin.write(data)
-            await self.process.stdin.drain()
+            # asyncssh copies what it is given into a buffer of its own: a frame joined and
+            # written whole was held twice (a delivery's is 1 MB). Chunks of SEND_CHUNK, each
+            # once the channel drained, keep both copies small and the packets full.
+            stdin = self.process.stdin
+            chunk: list[bytes] = []
+            size = 0
+            for piece in pieces:
+                chunk.append(piece)
+                size += len(piece)
+                if size >= SEND_CHUNK:
+                    stdin.write(b"".join(chunk))
+                    chunk, size = [], 0
+                    await stdin.drain()
+            if chunk:
+                stdin.write(b"".join(chunk))
+            await stdin.drain()
 
         self.session.run(write(), self.session.options.io_timeout)
 
