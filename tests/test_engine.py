@@ -307,3 +307,28 @@ def test_scan_shares_what_names_have_in_common_and_gives_each_name_back(tmp_path
     assert listing.entry("n.M1P1.x") == Entry("INBOX", NEW, frozenset(), None)
     assert listing.entry("k.M1P1.x,S=3") == Entry("INBOX", CUR, frozenset({"S", "$Label1"}), 3)
     assert listing.entry("o.M1P1.x,S=4").flags == frozenset()
+
+
+def test_a_message_seen_under_two_names_by_a_racing_listing_keeps_one_key(tmp_path):
+    """A client moves a synced message from new/ to cur/ between the listings of new/ and
+    cur/: the scan sees one file twice. It must not get a second key (a duplicate)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    create_folder(a, "INBOX")
+    (a / "new" / "1.M1P1.x").write_bytes(b"abc")
+    state = SyncState(open_store(tmp_path / "s.db"))
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    os.rename(a / "new" / "1.M1P1.x", a / "cur" / "1.M1P1.x:2,S")  # read by the client
+    racing = open_local(a)
+    listings = racing.listings
+
+    def stale_new(folders):
+        for folder, names in listings(folders):
+            yield folder, names + ["new/1.M1P1.x"] if folder == "INBOX" else names
+
+    racing.listings = stale_new
+    report = sync(racing, open_local(b), state, SyncOptions())
+    assert not any("duplicated" in n for n in report.notices), report.notices
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    for root in (a, b):
+        assert sorted(p.name for p in (root / "cur").iterdir()) == ["1.M1P1.x:2,S"]
+        assert list((root / "new").iterdir()) == []

@@ -388,8 +388,25 @@ class _Executor:
 
     # -- phases --------------------------------------------------------------------------
     def _fix_duplicates(self) -> None:
-        """A key present twice on one side (a copied file): the extra gets a fresh key."""
-        for s, extras in self.found.duplicates.items():
+        """A key present twice on one side (a copied file): the extra gets a fresh key.
+
+        A client renaming a message between (or during) the listings of cur/ and new/ shows
+        one file under two names; renaming one of them then gave that message a second key.
+        So both names must still be there now; otherwise the folder is listed again next run.
+        """
+        for s, listed in self.found.duplicates.items():
+            replica = self.replicas[s]
+            refs = []  # each extra name, then the name that kept its key
+            for loc in listed:
+                kept = self.locs[s][key_of(details(replica, self.codec, s, loc)[0])]
+                refs += [Ref(loc.entry.folder, loc.relname), Ref(kept.entry.folder, kept.relname)]
+            there = replica.sizes(refs)
+            extras = []
+            for i, loc in enumerate(listed):
+                if None in there[2 * i:2 * i + 2]:
+                    self.unsettled.update((s, ref.folder) for ref in refs[2 * i:2 * i + 2])
+                else:
+                    extras.append(loc)
             items, notes = [], []
             for loc in extras:
                 on_disk = details(self.replicas[s], self.codec, s, loc)[0]
