@@ -332,3 +332,111 @@ def test_a_message_seen_under_two_names_by_a_racing_listing_keeps_one_key(tmp_pa
     for root in (a, b):
         assert sorted(p.name for p in (root / "cur").iterdir()) == ["1.M1P1.x:2,S"]
         assert list((root / "new").iterdir()) == []
+
+
+def _keys_on_disk(root: Path, key: str) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob(f"{key}*")
+                  if p.parent.name in (CUR, NEW) and "mailmirror-quarantine" not in p.parts)
+
+
+def test_a_message_moved_to_a_folder_listed_earlier_is_not_taken_for_a_deletion(tmp_path):
+    """A client moves a message from INBOX to Archive after the scan listed Archive and
+    before it lists INBOX: this run sees it nowhere. Taken for a deletion, the other side's
+    copy (flagged there meanwhile) would be copied back into INBOX beside the moved one."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in ("INBOX", "Archive"):
+        create_folder(a, folder)
+    (a / "new" / "1.M1P1.x").write_bytes(b"abc")
+    state = SyncState(open_store(tmp_path / "s.db"))
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    os.rename(b / "new" / "1.M1P1.x", b / "cur" / "1.M1P1.x:2,F")  # flagged on b
+    os.utime(a / "new", (1, 1))  # INBOX and Archive both listed on a
+    os.utime(folder_dir(a, "Archive") / "cur", (1, 1))
+    racing = open_local(a)
+    listings = racing.listings
+
+    moved = []
+
+    def move_after_archive(folders):
+        for folder, names in listings(folders):
+            yield folder, names
+            if folder == "Archive" and not moved:
+                os.rename(a / "new" / "1.M1P1.x",
+                          folder_dir(a, "Archive") / "cur" / "1.M1P1.x:2,S")
+                moved.append(folder)
+
+    racing.listings = move_after_archive
+    report = sync(racing, open_local(b), state, SyncOptions())
+    assert any("moved by a mail client" in n for n in report.notices), report.notices
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    for root in (a, b):
+        assert _keys_on_disk(root, "1.M1P1.x") == [".Archive/cur/1.M1P1.x:2,FS"], root
+
+
+def test_a_message_moved_from_new_to_cur_between_the_two_listings_is_not_lost(tmp_path):
+    """cur/ is listed before new/: a client reading the message in between hides it (and
+    gives it a replica-local ,U= field, which is not part of its key)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    create_folder(a, "INBOX")
+    (a / "new" / "1.M1P1.x,S=3").write_bytes(b"abc")
+    state = SyncState(open_store(tmp_path / "s.db"))
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    os.rename(b / "new" / "1.M1P1.x,S=3", b / "new" / "1.M1P1.x,S=3:2,F")  # flagged on b
+    os.utime(a / "new", (1, 1))
+    racing = open_local(a)
+    list_folder = racing.list
+    read = []
+
+    def read_between(folders, subdirs=(CUR, NEW)):
+        if read or tuple(subdirs) != (CUR, NEW):
+            return list_folder(folders, subdirs)
+        cur = list_folder(folders, (CUR,))
+        os.rename(a / "new" / "1.M1P1.x,S=3", a / "cur" / "1.M1P1.x,U=9,S=3:2,S")
+        read.append(True)
+        new = list_folder(folders, (NEW,))
+        return {f: cur[f] + new[f] for f in folders}
+
+    racing.list = read_between
+    sync(racing, open_local(b), state, SyncOptions())
+    assert read
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    assert _keys_on_disk(a, "1.M1P1.x") == ["cur/1.M1P1.x,U=9,S=3:2,FS"]
+    assert _keys_on_disk(b, "1.M1P1.x") == ["cur/1.M1P1.x,S=3:2,FS"]
+
+
+def test_while_folders_keep_changing_no_listed_deletion_is_applied(tmp_path):
+    """Mail arrives while the suspect folders are listed again: the second look is not
+    reliable either, so every message seen nowhere waits (a real deletion included)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in ("INBOX", "Archive"):
+        create_folder(a, folder)
+    (a / "new" / "1.M1P1.x").write_bytes(b"abc")
+    (a / "cur" / "2.M2P1.x:2,S").write_bytes(b"deleted")
+    state = SyncState(open_store(tmp_path / "s.db"))
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    os.unlink(a / "cur" / "2.M2P1.x:2,S")  # a real deletion on a
+    racing = open_local(a)
+    listings = racing.listings
+    calls = []
+
+    def busy(folders):
+        calls.append(folders)
+        for folder, names in listings(folders):
+            yield folder, names
+            if len(calls) == 1 and folder == "Archive":
+                os.rename(a / "new" / "1.M1P1.x",
+                          folder_dir(a, "Archive") / "cur" / "1.M1P1.x:2,S")
+            elif len(calls) == 2 and not (a / "new" / "3.M3P1.x").exists():
+                (a / "new" / "3.M3P1.x").write_bytes(b"arrived")  # during the second look
+
+    racing.listings = busy
+    sync(racing, open_local(b), state, SyncOptions())
+    assert len(calls) == 2 and (a / "new" / "3.M3P1.x").exists()
+    assert _keys_on_disk(b, "2.M2P1.x") == ["cur/2.M2P1.x:2,S"]  # waits
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    assert _keys_on_disk(b, "2.M2P1.x") == []
+    for root in (a, b):
+        assert _keys_on_disk(root, "1.M1P1.x") == [".Archive/cur/1.M1P1.x:2,S"], root
+        assert _keys_on_disk(root, "3.M3P1.x") == ["new/3.M3P1.x"], root

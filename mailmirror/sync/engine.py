@@ -129,6 +129,9 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
     found = scan(replicas, state, pair.pair_id, low, codec, options.full, options.margin_ns)
     guard.check_scan(replicas, found, state, pair.created, options.allow_empty,
                      options.accept_new_replica)
+    if found.moving:
+        report.notices.append(f"{len(found.moving)} message(s) moved by a mail client while "
+                              "the folders were listed: left for the next run")
     tombs = _tombstones(replicas, found)
     keys = found.keys
 
@@ -258,7 +261,7 @@ class _Executor:
         self.decisions: list[Decision] = []
         self.ready: list[tuple[str, BaseRow | None]] = []
         self.touched: set[tuple[Side, str]] = set()
-        self.unsettled: set[tuple[Side, str]] = set()
+        self.unsettled: set[tuple[Side, str]] = set(found.unsettled)
         self.created: set[tuple[Side, str]] = set()
         self.tombs: dict[Side, list[tuple[str, Entry]]] = {Side.A: [], Side.B: []}
         for key in found.keys:  # deletions users made since the last sync

@@ -106,6 +106,10 @@ class Scan:
     # dirty folders listed in one subdir only (folder -> "cur" or "new"): the other one is
     # unchanged since the last sync; a dirty folder not in here was listed whole
     partial: dict[Side, dict[str, str]] = field(default_factory=dict)
+    # keys a client moved while they were listed (see _moving), left out of this run, and
+    # the folders they were seen in: not recorded as settled, so the next run lists them
+    moving: set[str] = field(default_factory=set)
+    unsettled: set[tuple[Side, str]] = field(default_factory=set)
 
 
 def side_code(side: Side, low: Side) -> str:
@@ -149,7 +153,7 @@ def scan(
                   [], partial=partial)
     # Folder by folder, so memory follows the largest folder, not the maildir: base names and
     # listings are compared as C-level sets; only names that differ are parsed.
-    gone: dict[Side, set[str]] = {Side.A: set(), Side.B: set()}  # base name no longer there
+    gone: dict[Side, dict[str, str]] = {Side.A: {}, Side.B: {}}  # key -> folder it left
     shared: dict[Side, dict[tuple[str, str, str], _Shared]] = {Side.A: {}, Side.B: {}}
     candidates: set[str] = set()
     for s in Side:
@@ -179,7 +183,7 @@ def scan(
                 result.emptied[s].add(folder)
             removed = [key_of(parse_name(n[4:], replicas[s].sep).unique)
                        for n in known_names - now]
-            gone[s].update(removed)
+            gone[s].update(dict.fromkeys(removed, folder))
             candidates.update(removed)
             current = result.current[s]
             for relname in now.difference(known_names):
@@ -194,6 +198,14 @@ def scan(
                     continue
                 current[key] = value
                 candidates.add(key)
+    for s in Side:
+        lost = {k: f for k, f in gone[s].items() if k not in result.current[s]}
+        if lost:
+            moving = _moving(replicas[s], stamps[s], clock[s] - margin_ns, lost)
+            candidates.difference_update(moving)
+            result.moving.update(moving)
+            result.unsettled.update((side, folder) for side in Side
+                                    for folder in {lost[k] for k in moving} | set(moving.values()))
     # sorted once, and the set let go: its table (4 MB at 100,000 keys) outlived the scan
     result.keys = sorted(candidates)
     del candidates
@@ -212,6 +224,46 @@ def scan(
             current[key] = at_base
     _fill_sizes(replicas, result)
     return result
+
+
+def _moving(replica: Replica, before: dict[str, Stamp], recent: int,
+            lost: dict[str, str]) -> dict[str, str]:
+    """The keys of `lost` (listed nowhere on this side) that are still there: key -> folder.
+
+    A client that moves a message while the folders are listed (into a folder listed
+    earlier, new/ to cur/ between the two listings, a rename racing a readdir) hides it from
+    the listing; taken for a deletion, it would be deleted on the other side, or copied back
+    beside itself (a duplicate) when the other side changed it. Only a directory whose mtime
+    changed since the stamps were read, or was so recent that a change in the same clock tick
+    would not show, can have received it: those are listed again. When they change again
+    meanwhile, every lost key is left for the next run.
+    """
+    after = replica.stamps()
+    suspects = []
+    for folder, stamp in after.items():
+        then = before.get(folder)
+        subdirs = tuple(sub for sub, old, now in ((CUR, then and then.cur, stamp.cur),
+                                                  (NEW, then and then.new, stamp.new))
+                        if now != old or now >= recent)
+        if subdirs:
+            suspects.append((folder, subdirs))
+    if not suspects:
+        return {}
+    found: dict[str, str] = {}
+    # a key's part before its first field (",S=...", ",U=...") starts every name of it:
+    # names are matched on that much first, and only the few that match are parsed
+    width = min(len(key.partition(",")[0]) for key in lost)
+    starts = {key[:width] for key in lost}
+    with closing(replica.listings(suspects)) as listings:
+        for folder, names in listings:
+            for relname in names:
+                if relname[4:4 + width] in starts:
+                    key = key_of(relname[4:].partition(replica.sep)[0])
+                    if key in lost:
+                        found[key] = folder
+    if replica.stamps() != after:
+        return {key: found.get(key, folder) for key, folder in lost.items()}
+    return found
 
 
 def _subdirs(partial: dict[str, str], folder: str) -> tuple[str, ...]:
