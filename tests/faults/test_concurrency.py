@@ -1,4 +1,4 @@
-"""Concurrency: mail delivered and flagged on both replicas while syncs run, two syncs of one
+"""Concurrency: mail delivered, flagged and moved between folders while syncs run, two syncs of one
 pair started together, and a sync SIGSTOPped past the other's lock timeout while a mail client
 changes what it planned to copy. Every case converges on the next quiet run with every message
 present exactly once on each side, as Python's mailbox.Maildir reads them.
@@ -188,3 +188,84 @@ def test_a_stopped_sync_blocks_the_pair_and_resumes_without_harm(tmp_path: Path)
     assert rc == 0, err
     seen = assert_converged(a, b, keys)
     assert all(seen[k][2] == "FS" for k in pending[-100:-50])
+
+
+class FolderShuffle:
+    """Clients working on a few messages at once: on `movers`, moving them between INBOX and
+    Work (as filing or undoing does); on `flaggers`, adding flags in whichever folder they are.
+    A move that lands in a folder the running sync listed already hides the message from it."""
+
+    def __init__(self, movers: list[Path], flaggers: list[Path], keys: list[str]) -> None:
+        self.keys = keys
+        self.flagged: dict[str, set[str]] = {}
+        self._stop = threading.Event()
+        self._threads = ([threading.Thread(target=self._move, args=(r,)) for r in movers]
+                         + [threading.Thread(target=self._flag, args=(r,)) for r in flaggers])
+
+    def __enter__(self) -> FolderShuffle:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+    def _find(self, root: Path, key: str) -> Path | None:
+        for d in (root / "cur", root / ".Work" / "cur"):
+            for name in os.listdir(d):
+                if name.partition(":")[0] == key:
+                    return d / name
+        return None
+
+    def _move(self, root: Path) -> None:
+        rng = random.Random(7)
+        while not self._stop.is_set():
+            path = self._find(root, rng.choice(self.keys))
+            if path is None:
+                continue
+            there = root / "cur" if path.parent.parent != root else root / ".Work" / "cur"
+            try:
+                os.rename(path, there / path.name)
+            except OSError:
+                continue  # renamed meanwhile (by the sync or the other client)
+            time.sleep(0.001)
+
+    def _flag(self, root: Path) -> None:
+        rng = random.Random(11)
+        while not self._stop.is_set():
+            key = rng.choice(self.keys)
+            path = self._find(root, key)
+            if path is None:
+                continue
+            info = path.name.partition(":")[2]
+            flag = rng.choice("FRT")
+            letters = "".join(sorted(set(info[2:] + flag)))
+            try:
+                os.rename(path, path.with_name(f"{key}:2,{letters}"))
+            except OSError:
+                continue
+            self.flagged.setdefault(key, set()).add(flag)
+            time.sleep(0.002)
+
+
+def test_messages_moved_between_folders_during_syncs_are_never_doubled(tmp_path: Path) -> None:
+    """spec.md F14 with real processes: a message moved on a while the sync lists, flagged on
+    b since the last sync, must not come back beside itself; nothing is lost either."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    keys = seed(a, 1500)
+    assert _sync(tmp_path, a, b)[0] == 0
+    busy = sorted(keys)[:12]
+    with FolderShuffle([a], [b], busy) as shuffle:
+        for _ in range(15):
+            rc, err = _sync(tmp_path, a, b)
+            assert rc in (0, 1), err
+            assert "Traceback" not in err, err
+    for _ in range(2):
+        rc, err = _sync(tmp_path, a, b)
+        assert rc == 0, err
+    seen = assert_converged(a, b, keys)
+    for key, flags in shuffle.flagged.items():
+        assert flags <= set(seen[key][2]), f"{key} lost a flag a client set: {seen[key]}"
+    assert len(shuffle.flagged) == len(busy)
