@@ -251,13 +251,14 @@ class FolderShuffle:
 
 
 def test_messages_moved_between_folders_during_syncs_are_never_doubled(tmp_path: Path) -> None:
-    """spec.md F14 with real processes: a message moved on a while the sync lists, flagged on
-    b since the last sync, must not come back beside itself; nothing is lost either."""
+    """spec.md F14 with real processes: a message moved while the sync lists, flagged on the
+    other side since the last sync, must not come back beside itself, nor be lost (taken for
+    deleted, then deleted again once its moved copy matches the tombstone)."""
     a, b = tmp_path / "a", tmp_path / "b"
     keys = seed(a, 1500)
     assert _sync(tmp_path, a, b)[0] == 0
     busy = sorted(keys)[:12]
-    with FolderShuffle([a], [b], busy) as shuffle:
+    with FolderShuffle([a, b], [a, b], busy) as shuffle:
         for _ in range(15):
             rc, err = _sync(tmp_path, a, b)
             assert rc in (0, 1), err
