@@ -31,6 +31,7 @@ from tests.e2e.sshkit import (
     ssh_args,
     view,
 )
+from tests.faults.test_concurrency import FolderShuffle, assert_converged, seed
 from tests.ssh.sshrig import SshRig
 
 FOLDERS = ("INBOX", "Work", "Lists/Deb")
@@ -90,6 +91,23 @@ def test_first_sync_of_thousands_both_ways_over_the_agent(mm: Mm, shm: Path) -> 
     assert partial_files(laptop) == partial_files(server) == []
     assert took < 20, f"first sync of 3000 messages over the agent took {took:.1f} s"
     assert mm.sync(laptop, remote(server)).json["counts"] == {}
+
+
+def test_messages_moved_while_the_agent_lists_are_never_doubled_or_lost(mm: Mm,
+                                                                        shm: Path) -> None:
+    """spec.md F14 over the agent: clients on both sides move a few messages between folders
+    and flag them while syncs run (tests/faults/test_concurrency.py does it locally)."""
+    a, b = shm / "a", shm / "b"
+    keys = seed(a, 1500)
+    mm.sync(a, remote(b))
+    with FolderShuffle([a, b], [a, b], sorted(keys)[:12]) as shuffle:
+        for _ in range(10):
+            assert mm.sync(a, remote(b), expect_rc=None).rc in (0, 1)
+    for _ in range(2):
+        mm.sync(a, remote(b))
+    seen = assert_converged(a, b, keys)
+    for key, flags in shuffle.flagged.items():
+        assert flags <= set(seen[key][2]), f"{key} lost a flag a client set: {seen[key]}"
 
 
 # ---------------------------------------------------------------------------------------------
