@@ -195,12 +195,15 @@ class FolderShuffle:
     Work (as filing or undoing does); on `flaggers`, adding flags in whichever folder they are.
     A move that lands in a folder the running sync listed already hides the message from it."""
 
-    def __init__(self, movers: list[Path], flaggers: list[Path], keys: list[str]) -> None:
+    def __init__(self, movers: list[Path], flaggers: list[Path], keys: list[str],
+                 deleters: tuple[Path, ...] = ()) -> None:
         self.keys = keys
         self.flagged: dict[str, set[str]] = {}
+        self.deleted: set[str] = set()
         self._stop = threading.Event()
         self._threads = ([threading.Thread(target=self._move, args=(r,)) for r in movers]
-                         + [threading.Thread(target=self._flag, args=(r,)) for r in flaggers])
+                         + [threading.Thread(target=self._flag, args=(r,)) for r in flaggers]
+                         + [threading.Thread(target=self._delete, args=(r,)) for r in deleters])
 
     def __enter__(self) -> FolderShuffle:
         for t in self._threads:
@@ -250,6 +253,22 @@ class FolderShuffle:
             time.sleep(0.002)
 
 
+    def _delete(self, root: Path) -> None:
+        """Deletes among every other key: the rest are only moved and flagged."""
+        rng = random.Random(13)
+        while not self._stop.is_set():
+            key = rng.choice(self.keys[::2])
+            path = self._find(root, key)
+            if path is None:
+                continue
+            try:
+                os.unlink(path)
+            except OSError:
+                continue
+            self.deleted.add(key)
+            time.sleep(0.02)
+
+
 def test_messages_moved_between_folders_during_syncs_are_never_doubled(tmp_path: Path) -> None:
     """spec.md F14 with real processes: a message moved while the sync lists, flagged on the
     other side since the last sync, must not come back beside itself, nor be lost (taken for
@@ -270,3 +289,27 @@ def test_messages_moved_between_folders_during_syncs_are_never_doubled(tmp_path:
     for key, flags in shuffle.flagged.items():
         assert flags <= set(seen[key][2]), f"{key} lost a flag a client set: {seen[key]}"
     assert len(shuffle.flagged) == len(busy)
+
+
+def test_deletions_among_moves_and_flags_during_syncs_lose_nothing_else(tmp_path: Path) -> None:
+    """Clients also delete some of the messages others move and flag. A deleted message may
+    come back (changed on the other side meanwhile: kept, spec.md R3); every other message
+    ends exactly once on each side."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    keys = seed(a, 1500)
+    assert _sync(tmp_path, a, b)[0] == 0
+    busy = sorted(keys)[:40]
+    with FolderShuffle([a, b], [a, b], busy, deleters=(a, b)) as shuffle:
+        for _ in range(15):
+            rc, err = _sync(tmp_path, a, b)
+            assert rc in (0, 1), err
+            assert "Traceback" not in err, err
+    for _ in range(2):
+        rc, err = _sync(tmp_path, a, b)
+        assert rc == 0, err
+    seen = inventory(a)
+    assert seen == inventory(b)
+    assert keys - shuffle.deleted <= set(seen) <= keys
+    for key in busy[1::2]:
+        assert shuffle.flagged[key] <= set(seen[key][2]), f"{key} lost a flag: {seen[key]}"
+    assert len(shuffle.deleted) >= 10
