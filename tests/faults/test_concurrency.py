@@ -1,7 +1,8 @@
-"""Concurrency: mail delivered, flagged and moved between folders while syncs run, two syncs of one
-pair started together, and a sync SIGSTOPped past the other's lock timeout while a mail client
-changes what it planned to copy. Every case converges on the next quiet run with every message
-present exactly once on each side, as Python's mailbox.Maildir reads them.
+"""Concurrency: mail delivered, flagged, moved between folders and deleted, and folders renamed,
+while syncs run; two syncs of one pair started together; a sync SIGSTOPped past the other's lock
+timeout while a mail client changes what it planned to copy. Every case converges on the next
+quiet run with every message present exactly once on each side (a message a client deleted:
+at most once), as Python's mailbox.Maildir reads them.
 """
 
 from __future__ import annotations
@@ -313,3 +314,44 @@ def test_deletions_among_moves_and_flags_during_syncs_lose_nothing_else(tmp_path
     for key in busy[1::2]:
         assert shuffle.flagged[key] <= set(seen[key][2]), f"{key} lost a flag: {seen[key]}"
     assert len(shuffle.deleted) >= 10
+
+
+def test_a_folder_renamed_back_and_forth_on_both_sides_during_syncs(tmp_path: Path) -> None:
+    """IMAP RENAME is one directory rename: every message of the folder moves at once, on
+    either side, while syncs list. Nothing is lost or doubled, and both sides agree."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    keys = seed(a, 1500)
+    assert _sync(tmp_path, a, b)[0] == 0
+    stop = threading.Event()
+    renamed: list[str] = []
+
+    def rename_back_and_forth(root: Path, salt: int) -> None:
+        rng = random.Random(salt)
+        while not stop.is_set():
+            here = ".Work" if (root / ".Work").exists() else ".Archive"
+            there = ".Archive" if here == ".Work" else ".Work"
+            try:
+                os.rename(root / here, root / there)
+                renamed.append(there)
+            except OSError:
+                pass  # the sync created the other one meanwhile: try again
+            time.sleep(rng.uniform(0.02, 0.3))
+
+    threads = [threading.Thread(target=rename_back_and_forth, args=(root, n))
+               for n, root in enumerate((a, b))]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(12):
+            rc, err = _sync(tmp_path, a, b)
+            assert rc in (0, 1), err
+            assert "Traceback" not in err, err
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    for _ in range(2):
+        rc, err = _sync(tmp_path, a, b)
+        assert rc == 0, err
+    assert_converged(a, b, keys)
+    assert len(renamed) >= 10
