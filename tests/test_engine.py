@@ -440,3 +440,66 @@ def test_while_folders_keep_changing_no_listed_deletion_is_applied(tmp_path):
     for root in (a, b):
         assert _keys_on_disk(root, "1.M1P1.x") == [".Archive/cur/1.M1P1.x:2,S"], root
         assert _keys_on_disk(root, "3.M3P1.x") == ["new/3.M3P1.x"], root
+
+
+def _settled_pair(tmp_path: Path) -> tuple[Path, Path, SyncState]:
+    """a and b with INBOX and Work (1.M1P1.x in Work/cur), synced, every stamp old and
+    recorded as settled: the next run lists only what changes."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in ("INBOX", "Work"):
+        create_folder(a, folder)
+    (folder_dir(a, "Work") / "cur" / "1.M1P1.x:2,S").write_bytes(b"abc")
+    state = SyncState(open_store(tmp_path / "s.db"))
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    backdate(a)
+    backdate(b)
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    return a, b, state
+
+
+def _away_while_listed(root: Path, folder: str):
+    """root's replica, whose first listing of `folder` happens while a client has renamed
+    the folder away (IMAP RENAME and back): its cur/ and new/ keep their mtimes."""
+    replica = open_local(root)
+    listings = replica.listings
+    done = []
+
+    def listed_while_away(folders):
+        for name, names in listings(folders):
+            if name == folder and not done:
+                done.append(name)
+                os.rename(folder_dir(root, folder), root / ".Away")
+                names = listings([(folder, (CUR, NEW))]).__next__()[1]
+                os.rename(root / ".Away", folder_dir(root, folder))
+            yield name, names
+
+    replica.listings = listed_while_away
+    return replica, done
+
+
+def test_a_folder_renamed_away_and_back_while_listed_loses_nothing(tmp_path):
+    a, b, state = _settled_pair(tmp_path)
+    os.utime(folder_dir(a, "Work") / "cur", ns=(10**18, 10**18))  # Work listed on a
+    racing, done = _away_while_listed(a, "Work")
+    sync(racing, open_local(b), state, SyncOptions())
+    assert done
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    for root in (a, b):
+        assert _keys_on_disk(root, "1.M1P1.x") == [".Work/cur/1.M1P1.x:2,S"], root
+
+
+def test_a_message_left_for_the_next_run_keeps_its_folders_unsettled_on_both_sides(tmp_path):
+    """b renamed Work to Archive (its mtimes stay old); a's Work is renamed away and back
+    while listed, so the message waits. b's Archive, which holds it, must not be recorded
+    as matching the base (which still says Work): the next run would not list it, find the
+    message nowhere on b, and delete a's copy."""
+    a, b, state = _settled_pair(tmp_path)
+    os.rename(folder_dir(b, "Work"), b / ".Archive")
+    os.utime(folder_dir(a, "Work") / "cur", ns=(10**18, 10**18))
+    racing, done = _away_while_listed(a, "Work")
+    report = sync(racing, open_local(b), state, SyncOptions())
+    assert done and any("moved by a mail client" in n for n in report.notices)
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    for root in (a, b):
+        assert _keys_on_disk(root, "1.M1P1.x") == [".Archive/cur/1.M1P1.x:2,S"], root

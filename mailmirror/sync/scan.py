@@ -200,12 +200,17 @@ def scan(
                 candidates.add(key)
     for s in Side:
         lost = {k: f for k, f in gone[s].items() if k not in result.current[s]}
-        if lost:
-            moving = _moving(replicas[s], stamps[s], clock[s] - margin_ns, lost)
-            candidates.difference_update(moving)
-            result.moving.update(moving)
-            result.unsettled.update((side, folder) for side in Side
-                                    for folder in {lost[k] for k in moving} | set(moving.values()))
+        if not lost:
+            continue
+        moving = _moving(replicas[s], stamps[s], clock[s] - margin_ns, lost)
+        candidates.difference_update(moving)
+        result.moving.update(moving)
+        # their base rows stay as they were: no folder holding them, on either side, may be
+        # recorded as matching the base
+        for key, folder in moving.items():
+            result.unsettled.update({(s, folder), (Side.A, lost[key]), (Side.B, lost[key])})
+            if (there := result.current[s.other].get(key)) is not None:
+                result.unsettled.add((s.other, there.entry.folder))
     # sorted once, and the set let go: its table (4 MB at 100,000 keys) outlived the scan
     result.keys = sorted(candidates)
     del candidates
@@ -235,16 +240,18 @@ def _moving(replica: Replica, before: dict[str, Stamp], recent: int,
     the listing; taken for a deletion, it would be deleted on the other side, or copied back
     beside itself (a duplicate) when the other side changed it. Only a directory whose mtime
     changed since the stamps were read, or was so recent that a change in the same clock tick
-    would not show, can have received it: those are listed again. When they change again
-    meanwhile, every lost key is left for the next run.
+    would not show, can have received it: those are listed again. So are the folders the keys
+    were in: renamed away while listed and back (IMAP RENAME), a folder keeps its mtimes. When
+    they change again meanwhile, every lost key is left for the next run.
     """
     after = replica.stamps()
+    left = set(lost.values())
     suspects = []
     for folder, stamp in after.items():
         then = before.get(folder)
         subdirs = tuple(sub for sub, old, now in ((CUR, then and then.cur, stamp.cur),
                                                   (NEW, then and then.new, stamp.new))
-                        if now != old or now >= recent)
+                        if now != old or now >= recent or folder in left)
         if subdirs:
             suspects.append((folder, subdirs))
     if not suspects:
