@@ -335,14 +335,14 @@ def test_a_folder_renamed_back_and_forth_on_both_sides_during_syncs(tmp_path: Pa
                 renamed.append(there)
             except OSError:
                 pass  # the sync created the other one meanwhile: try again
-            time.sleep(rng.uniform(0.02, 0.3))
+            time.sleep(rng.uniform(0.005, 0.1))
 
     threads = [threading.Thread(target=rename_back_and_forth, args=(root, n))
                for n, root in enumerate((a, b))]
     for t in threads:
         t.start()
     try:
-        for _ in range(12):
+        for _ in range(25):
             rc, err = _sync(tmp_path, a, b)
             assert rc in (0, 1), err
             assert "Traceback" not in err, err
