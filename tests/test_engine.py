@@ -503,3 +503,35 @@ def test_a_message_left_for_the_next_run_keeps_its_folders_unsettled_on_both_sid
     sync(open_local(a), open_local(b), state, SyncOptions())
     for root in (a, b):
         assert _keys_on_disk(root, "1.M1P1.x") == [".Archive/cur/1.M1P1.x:2,S"], root
+
+
+def test_two_folders_that_look_alike_swapped_by_renames_lose_and_double_nothing(tmp_path):
+    """Work and Archive have identical mtimes (created in one clock tick, never changed);
+    a client swaps their names, then flags a message. Listed, the changed folder holds the
+    other's messages; the other, unchanged to all appearances, is not listed. Its messages
+    must not be taken for deleted (nor one changed on b meanwhile copied back beside it)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in ("INBOX", "Work", "Archive"):
+        create_folder(a, folder)
+    (folder_dir(a, "Work") / "cur" / "1.M1P1.x:2,S").write_bytes(b"work")
+    (folder_dir(a, "Archive") / "cur" / "2.M2P1.x:2,S").write_bytes(b"archive")
+    old = 1_700_000_000 * 10**9
+    for folder in ("Work", "Archive"):
+        for sub in ("cur", "new"):
+            os.utime(folder_dir(a, folder) / sub, ns=(old, old))
+    state = SyncState(open_store(tmp_path / "s.db"))
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    backdate(b)
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    os.rename(folder_dir(a, "Work"), a / ".Tmp")
+    os.rename(folder_dir(a, "Archive"), folder_dir(a, "Work"))
+    os.rename(a / ".Tmp", folder_dir(a, "Archive"))
+    os.rename(folder_dir(a, "Archive") / "cur" / "1.M1P1.x:2,S",
+              folder_dir(a, "Archive") / "cur" / "1.M1P1.x:2,FS")  # flagged on a
+    os.rename(folder_dir(b, "Archive") / "cur" / "2.M2P1.x:2,S",
+              folder_dir(b, "Archive") / "cur" / "2.M2P1.x:2,RS")  # answered on b
+    for _ in range(3):
+        sync(open_local(a), open_local(b), state, SyncOptions())
+    for root in (a, b):
+        assert _keys_on_disk(root, "1.M1P1.x") == [".Archive/cur/1.M1P1.x:2,FS"], root
+        assert _keys_on_disk(root, "2.M2P1.x") == [".Work/cur/2.M2P1.x:2,RS"], root

@@ -202,7 +202,10 @@ def scan(
         lost = {k: f for k, f in gone[s].items() if k not in result.current[s]}
         if not lost:
             continue
-        moving = _moving(replicas[s], stamps[s], clock[s] - margin_ns, lost)
+        code = side_code(s, low)
+        looked = {row.stamp for f in set(lost.values())
+                  if (row := result.known.get((f, code))) is not None and row.stamp}
+        moving = _moving(replicas[s], stamps[s], clock[s] - margin_ns, lost, looked)
         candidates.difference_update(moving)
         result.moving.update(moving)
         # their base rows stay as they were: no folder holding them, on either side, may be
@@ -231,8 +234,8 @@ def scan(
     return result
 
 
-def _moving(replica: Replica, before: dict[str, Stamp], recent: int,
-            lost: dict[str, str]) -> dict[str, str]:
+def _moving(replica: Replica, before: dict[str, Stamp], recent: int, lost: dict[str, str],
+            looked: set[Stamp]) -> dict[str, str]:
     """The keys of `lost` (listed nowhere on this side) that are still there: key -> folder.
 
     A client that moves a message while the folders are listed (into a folder listed
@@ -241,17 +244,20 @@ def _moving(replica: Replica, before: dict[str, Stamp], recent: int,
     beside itself (a duplicate) when the other side changed it. Only a directory whose mtime
     changed since the stamps were read, or was so recent that a change in the same clock tick
     would not show, can have received it: those are listed again. So are the folders the keys
-    were in: renamed away while listed and back (IMAP RENAME), a folder keeps its mtimes. When
-    they change again meanwhile, every lost key is left for the next run.
+    were in, and any folder that looks as theirs did at the last sync (`looked`): a directory
+    renamed (IMAP RENAME), away while listed and back or swapped with one whose mtimes are the
+    same, keeps its mtimes. When they change again meanwhile, every lost key is left for the
+    next run.
     """
     after = replica.stamps()
     left = set(lost.values())
     suspects = []
     for folder, stamp in after.items():
         then = before.get(folder)
+        whole = folder in left or stamp in looked
         subdirs = tuple(sub for sub, old, now in ((CUR, then and then.cur, stamp.cur),
                                                   (NEW, then and then.new, stamp.new))
-                        if now != old or now >= recent or folder in left)
+                        if now != old or now >= recent or whole)
         if subdirs:
             suspects.append((folder, subdirs))
     if not suspects:
