@@ -9,6 +9,7 @@ import itertools
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from mailmirror.maildir.folders import create_folder, folder_dir, list_folders
 from mailmirror.maildir.names import parse_name
+from mailmirror.replica.base import Stamp
 from mailmirror.replica.local import open_local
 from mailmirror.store import open_store
 from mailmirror.sync.engine import SyncOptions, sync
@@ -535,3 +537,49 @@ def test_two_folders_that_look_alike_swapped_by_renames_lose_and_double_nothing(
     for root in (a, b):
         assert _keys_on_disk(root, "1.M1P1.x") == [".Archive/cur/1.M1P1.x:2,FS"], root
         assert _keys_on_disk(root, "2.M2P1.x") == [".Work/cur/2.M2P1.x:2,RS"], root
+
+
+def test_with_whole_second_mtimes_the_second_look_waits_until_changes_can_show(tmp_path):
+    """Over SFTP mtimes are whole seconds. A message moved again during the second look, into
+    a folder listed already whose mtime is of this same second, changes no mtime: the look
+    must start only once the folders it lists are older than a tick, so the move shows."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in ("INBOX", "Archive", "Work"):
+        create_folder(a, folder)
+    (folder_dir(a, "Work") / "cur" / "1.M1P1.x:2,S").write_bytes(b"moved twice")
+    (a / "cur" / "2.M2P1.x:2,S").write_bytes(b"read again")
+    state = SyncState(open_store(tmp_path / "s.db"))
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    backdate(a)
+    backdate(b)
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    os.rename(folder_dir(b, "Work") / "cur" / "1.M1P1.x:2,S",
+              folder_dir(b, "Work") / "cur" / "1.M1P1.x:2,FS")  # flagged on b
+    coarse = open_local(a)
+    stamps, listings = coarse.stamps, coarse.listings
+    coarse.stamps = lambda: {f: Stamp(s.cur // 10**9 * 10**9, s.new // 10**9 * 10**9)
+                             for f, s in stamps().items()}
+    coarse.clock_ns = lambda: time.time_ns() // 10**9 * 10**9
+    calls = []
+
+    def moving_twice(folders):
+        calls.append(folders)
+        for folder, names in listings(folders):
+            yield folder, names
+            if len(calls) == 1 and folder == "Archive":  # listed: moved there from Work
+                os.rename(folder_dir(a, "Work") / "cur" / "1.M1P1.x:2,S",
+                          folder_dir(a, "Archive") / "cur" / "1.M1P1.x:2,S")
+            if len(calls) == 2 and folder == "INBOX":  # listed again: moved there
+                os.rename(folder_dir(a, "Archive") / "cur" / "1.M1P1.x:2,S",
+                          a / "cur" / "1.M1P1.x:2,S")
+
+    coarse.listings = moving_twice
+    for folder in ("Archive", "Work"):  # listed by this run
+        os.utime(folder_dir(a, folder) / "cur", ns=(10**18, 10**18))
+    os.rename(a / "cur" / "2.M2P1.x:2,S", a / "cur" / "2.M2P1.x:2,RS")  # INBOX/cur: fresh
+    sync(coarse, open_local(b), state, SyncOptions())
+    assert len(calls) == 2
+    for _ in range(2):
+        sync(open_local(a), open_local(b), state, SyncOptions())
+    for root in (a, b):
+        assert _keys_on_disk(root, "1.M1P1.x") == ["cur/1.M1P1.x:2,FS"], root

@@ -73,6 +73,7 @@ class SyncReport:
     plan: Plan | None = None
     dry_run: bool = False
     stopped: bool = False
+    waiting: int = 0  # messages a client moved while listed: left for the next run
 
     @property
     def outcome(self) -> str:
@@ -92,6 +93,7 @@ class SyncReport:
             "notices": self.notices,
             "bytes": self.bytes,
             "seconds": round(self.seconds, 4),
+            "waiting": self.waiting,
         }
 
 
@@ -129,6 +131,7 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
     found = scan(replicas, state, pair.pair_id, low, codec, options.full, options.margin_ns)
     guard.check_scan(replicas, found, state, pair.created, options.allow_empty,
                      options.accept_new_replica)
+    report.waiting = len(found.moving)
     if found.moving:
         report.notices.append(f"{len(found.moving)} message(s) moved by a mail client while "
                               "the folders were listed: left for the next run")

@@ -9,6 +9,7 @@ planner's input. Reads replicas and the state store; changes nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,8 @@ from mailmirror.sync.flags import FlagCodec
 from mailmirror.sync.model import CUR, NEW, Entry, Flags, Side
 from mailmirror.sync.state import BaseRow, FolderRow, SyncState
 
+FINE_TICK_NS = 100_000_000
+"""Longest a file system with sub-second mtimes keeps one mtime (the kernel's clock tick)."""
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -205,7 +208,7 @@ def scan(
         code = side_code(s, low)
         looked = {row.stamp for f in set(lost.values())
                   if (row := result.known.get((f, code))) is not None and row.stamp}
-        moving = _moving(replicas[s], stamps[s], clock[s] - margin_ns, lost, looked)
+        moving = _moving(replicas[s], stamps[s], clock[s], margin_ns, lost, looked)
         candidates.difference_update(moving)
         result.moving.update(moving)
         # their base rows stay as they were: no folder holding them, on either side, may be
@@ -234,8 +237,8 @@ def scan(
     return result
 
 
-def _moving(replica: Replica, before: dict[str, Stamp], recent: int, lost: dict[str, str],
-            looked: set[Stamp]) -> dict[str, str]:
+def _moving(replica: Replica, before: dict[str, Stamp], clock: int, margin: int,
+            lost: dict[str, str], looked: set[Stamp]) -> dict[str, str]:
     """The keys of `lost` (listed nowhere on this side) that are still there: key -> folder.
 
     A client that moves a message while the folders are listed (into a folder listed
@@ -246,22 +249,27 @@ def _moving(replica: Replica, before: dict[str, Stamp], recent: int, lost: dict[
     would not show, can have received it: those are listed again. So are the folders the keys
     were in, and any folder that looks as theirs did at the last sync (`looked`): a directory
     renamed (IMAP RENAME), away while listed and back or swapped with one whose mtimes are the
-    same, keeps its mtimes. When they change again meanwhile, every lost key is left for the
-    next run.
+    same, keeps its mtimes.
+
+    The second look is believed only if no directory it lists changes meanwhile, which their
+    mtimes show once they are a tick old: until then it waits, once (at most a tick: 0.1 s
+    where mtimes have sub-second digits, the margin where they are whole seconds, as over
+    SFTP). Directories that keep changing, or change during the look, leave every lost key
+    for the next run.
     """
-    after = replica.stamps()
-    left = set(lost.values())
-    suspects = []
-    for folder, stamp in after.items():
-        then = before.get(folder)
-        whole = folder in left or stamp in looked
-        subdirs = tuple(sub for sub, old, now in ((CUR, then and then.cur, stamp.cur),
-                                                  (NEW, then and then.new, stamp.new))
-                        if now != old or now >= recent or whole)
-        if subdirs:
-            suspects.append((folder, subdirs))
-    if not suspects:
-        return {}
+    for _ in range(2):
+        after = replica.stamps()
+        suspects = _suspects(before, after, clock - margin, set(lost.values()), looked)
+        if not suspects:
+            return {}
+        times = [getattr(after[f], sub) for f, subdirs in suspects for sub in subdirs]
+        tick = FINE_TICK_NS if any(t % 1_000_000_000 for t in times) else margin
+        wait = max(times) + tick - replica.clock_ns()
+        if wait <= 0:
+            break
+        time.sleep(wait / 1e9)
+    else:
+        return dict(lost)
     found: dict[str, str] = {}
     # a key's part before its first field (",S=...", ",U=...") starts every name of it:
     # names are matched on that much first, and only the few that match are parsed
@@ -277,6 +285,21 @@ def _moving(replica: Replica, before: dict[str, Stamp], recent: int, lost: dict[
     if replica.stamps() != after:
         return {key: found.get(key, folder) for key, folder in lost.items()}
     return found
+
+
+def _suspects(before: dict[str, Stamp], after: dict[str, Stamp], recent: int, left: set[str],
+              looked: set[Stamp]) -> list[tuple[str, tuple[str, ...]]]:
+    """The subdirs _moving lists again, by folder."""
+    suspects = []
+    for folder, stamp in after.items():
+        then = before.get(folder)
+        whole = folder in left or stamp in looked
+        subdirs = tuple(sub for sub, old, now in ((CUR, then and then.cur, stamp.cur),
+                                                  (NEW, then and then.new, stamp.new))
+                        if now != old or now >= recent or whole)
+        if subdirs:
+            suspects.append((folder, subdirs))
+    return suspects
 
 
 def _subdirs(partial: dict[str, str], folder: str) -> tuple[str, ...]:

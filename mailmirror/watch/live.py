@@ -26,6 +26,10 @@ from mailmirror.replica.local import LocalReplica
 from mailmirror.replica.remote import AgentReplica, WatchUnavailable
 from mailmirror.watch.observe import FolderWatcher, WatchLimit
 
+WAITING_RETRY = 2.5
+"""Seconds before a pair that left messages waiting (moved while listed) is synced again: past
+the sync's 2 s margin, their folders' mtimes tell again."""
+
 Log = Callable[[str], None]
 
 
@@ -299,6 +303,10 @@ class Live:
         self.syncs += 1
         slot.delay = 0.0
         slot.retry_at = 0.0
+        if report.waiting:
+            # messages a client was moving: their folders settle within the margin
+            slot.dirty = True
+            slot.retry_at = time.monotonic() + WAITING_RETRY
         if slot.stopped_by:
             self.log(f"resumed: {self._name(slot)}")
             slot.stopped_by = ""
