@@ -153,8 +153,9 @@ def folder_of(root: Path, path: Path) -> str:
 
 def test_unchanged_folders_are_not_listed(tmp_path, monkeypatch):
     a, b = tmp_path / "a", tmp_path / "b"
-    for folder in FOLDERS:
+    for n, folder in enumerate(FOLDERS):
         create_folder(a, folder)
+        (folder_dir(a, folder) / "cur" / f"{n + 5}.M5P1.x,S=3:2,S").write_bytes(b"xyz")
     (a / "new" / "1.M1P1.x,S=3").write_bytes(b"abc")
     state = SyncState(open_store(tmp_path / "s.db"))
     sync(open_local(a), open_local(b), state, SyncOptions())
@@ -189,6 +190,16 @@ def test_unchanged_folders_are_not_listed(tmp_path, monkeypatch):
     assert report.counts == {"move b": 1}
     assert sorted(listed) == [(["INBOX"], ("new",)), (["Work"], ("new",))]
     assert (folder_dir(b, "Work") / "new" / "1.M1P1.x,S=3").read_bytes() == b"abc"
+    # a folder that listed nothing is never trusted (renamed away while listed and back, it
+    # would list nothing too: spec.md F14), so an empty one is listed every run
+    create_folder(a, "Empty")
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    backdate(a)
+    backdate(b)
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    listed.clear()
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    assert listed == [(["Empty"], ("cur", "new"))]
 
 
 def test_keyword_letters_are_translated_by_name(tmp_path):

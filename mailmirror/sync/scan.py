@@ -156,9 +156,10 @@ def scan(
                   [], partial=partial)
     # Folder by folder, so memory follows the largest folder, not the maildir: base names and
     # listings are compared as C-level sets; only names that differ are parsed.
-    gone: dict[Side, dict[str, str]] = {Side.A: {}, Side.B: {}}  # key -> folder it left
+    gone: dict[Side, dict[str, Ref]] = {Side.A: {}, Side.B: {}}  # key -> base name not listed
     shared: dict[Side, dict[tuple[str, str, str], _Shared]] = {Side.A: {}, Side.B: {}}
     candidates: set[str] = set()
+    empty: dict[Side, list[str]] = {Side.A: [], Side.B: []}  # folders that listed nothing
     for s in Side:
         result.listed_count[s] = result.base_count[s] = 0
         result.emptied[s] = set()
@@ -184,9 +185,11 @@ def scan(
             result.base_count[s] += len(known_names)
             if known_names and not now and folder in stamps[s] and folder not in partial[s]:
                 result.emptied[s].add(folder)
-            removed = [key_of(parse_name(n[4:], replicas[s].sep).unique)
-                       for n in known_names - now]
-            gone[s].update(dict.fromkeys(removed, folder))
+            if not now and folder in stamps[s]:
+                empty[s].append(folder)
+            removed = {key_of(parse_name(n[4:], replicas[s].sep).unique): Ref(folder, n)
+                       for n in known_names - now}
+            gone[s].update(removed)
             candidates.update(removed)
             current = result.current[s]
             for relname in now.difference(known_names):
@@ -202,13 +205,23 @@ def scan(
                 current[key] = value
                 candidates.add(key)
     for s in Side:
-        lost = {k: f for k, f in gone[s].items() if k not in result.current[s]}
-        if not lost:
+        # renamed away while it was listed (IMAP RENAME) and back, a folder keeps its mtimes
+        # and lists nothing: a folder that listed nothing is never recorded as matching the
+        # base (so an empty folder is listed every run: two reads of empty directories)
+        result.unsettled.update((s, f) for f in empty[s])
+        refs = {k: ref for k, ref in gone[s].items() if k not in result.current[s]}
+        if not refs:
             continue
+        lost = {k: ref.folder for k, ref in refs.items()}
         code = side_code(s, low)
         looked = {row.stamp for f in set(lost.values())
                   if (row := result.known.get((f, code))) is not None and row.stamp}
-        moving = _moving(replicas[s], stamps[s], clock[s], margin_ns, lost, looked)
+        # a folder renamed away while it was listed, and back, keeps its mtimes: the names
+        # the listing missed are still there
+        missed = {ref.folder for ref, size in zip(refs.values(),
+                                                  replicas[s].sizes(list(refs.values())),
+                                                  strict=True) if size is not None}
+        moving = _moving(replicas[s], stamps[s], clock[s], margin_ns, lost, looked | missed)
         candidates.difference_update(moving)
         result.moving.update(moving)
         # their base rows stay as they were: no folder holding them, on either side, may be
@@ -238,33 +251,33 @@ def scan(
 
 
 def _moving(replica: Replica, before: dict[str, Stamp], clock: int, margin: int,
-            lost: dict[str, str], looked: set[Stamp]) -> dict[str, str]:
+            lost: dict[str, str], again: set[Stamp | str]) -> dict[str, str]:
     """The keys of `lost` (listed nowhere on this side) that are still there: key -> folder.
 
     A client that moves a message while the folders are listed (into a folder listed
     earlier, new/ to cur/ between the two listings, a rename racing a readdir) hides it from
     the listing; taken for a deletion, it would be deleted on the other side, or copied back
     beside itself (a duplicate) when the other side changed it. Only a directory whose mtime
-    changed since the stamps were read, or was so recent that a change in the same clock tick
-    would not show, can have received it: those are listed again. So are the folders the keys
-    were in, and any folder that looks as theirs did at the last sync (`looked`): a directory
-    renamed (IMAP RENAME), away while listed and back or swapped with one whose mtimes are the
-    same, keeps its mtimes.
+    changed since the stamps were read, or is less than a clock tick old (a change in the
+    same tick would not show), can have received it: those are listed again. So are the
+    folders in `again`: named, or looking as a folder the keys were in did at the last sync (a
+    directory renamed by IMAP RENAME keeps its mtimes: two look-alike folders swapped).
 
-    The second look is believed only if no directory it lists changes meanwhile, which their
-    mtimes show once they are a tick old: until then it waits, once (at most a tick: 0.1 s
-    where mtimes have sub-second digits, the margin where they are whole seconds, as over
-    SFTP). Directories that keep changing, or change during the look, leave every lost key
-    for the next run.
+    A tick is 0.1 s where mtimes have sub-second digits, the margin where they are whole
+    seconds (SFTP). The second look is believed only if no directory it lists changes
+    meanwhile, which their mtimes show once they are a tick old: until then it waits, once.
+    Directories that keep changing, or change during the look, leave every lost key for the
+    next run.
     """
     for _ in range(2):
         after = replica.stamps()
-        suspects = _suspects(before, after, clock - margin, set(lost.values()), looked)
+        whole = all(t % 1_000_000_000 == 0 for st in after.values() for t in (st.cur, st.new))
+        tick = margin if whole else FINE_TICK_NS
+        suspects = _suspects(before, after, clock - tick, again)
         if not suspects:
             return {}
-        times = [getattr(after[f], sub) for f, subdirs in suspects for sub in subdirs]
-        tick = FINE_TICK_NS if any(t % 1_000_000_000 for t in times) else margin
-        wait = max(times) + tick - replica.clock_ns()
+        newest = max(getattr(after[f], sub) for f, subdirs in suspects for sub in subdirs)
+        wait = newest + tick - replica.clock_ns()
         if wait <= 0:
             break
         time.sleep(wait / 1e9)
@@ -287,13 +300,13 @@ def _moving(replica: Replica, before: dict[str, Stamp], clock: int, margin: int,
     return found
 
 
-def _suspects(before: dict[str, Stamp], after: dict[str, Stamp], recent: int, left: set[str],
-              looked: set[Stamp]) -> list[tuple[str, tuple[str, ...]]]:
+def _suspects(before: dict[str, Stamp], after: dict[str, Stamp], recent: int,
+              again: set[Stamp | str]) -> list[tuple[str, tuple[str, ...]]]:
     """The subdirs _moving lists again, by folder."""
     suspects = []
     for folder, stamp in after.items():
         then = before.get(folder)
-        whole = folder in left or stamp in looked
+        whole = folder in again or stamp in again
         subdirs = tuple(sub for sub, old, now in ((CUR, then and then.cur, stamp.cur),
                                                   (NEW, then and then.new, stamp.new))
                         if now != old or now >= recent or whole)
