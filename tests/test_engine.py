@@ -594,3 +594,21 @@ def test_with_whole_second_mtimes_the_second_look_waits_until_changes_can_show(t
         sync(open_local(a), open_local(b), state, SyncOptions())
     for root in (a, b):
         assert _keys_on_disk(root, "1.M1P1.x") == ["cur/1.M1P1.x:2,FS"], root
+
+
+def test_an_empty_folder_made_after_the_first_sync_is_created_on_the_other_side(tmp_path):
+    """A folder a mail client creates, with nothing in it yet, appears on the other side even
+    when the run has no message to copy; deleted there later, it goes here too."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    create_folder(a, "INBOX")
+    (a / "cur" / "1.M1P1.x:2,S").write_bytes(b"abc")
+    state = SyncState(open_store(tmp_path / "s.db"))
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    create_folder(a, "Projects")
+    report = sync(open_local(a), open_local(b), state, SyncOptions())
+    assert report.counts == {"folder+ b": 1}
+    assert "Projects" in list_folders(b)
+    shutil.rmtree(folder_dir(b, "Projects"))
+    report = sync(open_local(a), open_local(b), state, SyncOptions())
+    assert report.counts == {"folder- a": 1}
+    assert "Projects" not in list_folders(a)

@@ -179,6 +179,8 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
     try:
         executor = _Executor(replicas, found, codec, state, pair.pair_id, low, report, options)
         executor.start()
+        if not keys:
+            executor.run(plan_of([]))  # a folder new on one side is created on the other
         # Plan and act in slices of keys: decisions are independent per key, and memory then
         # holds one slice of plan, not a whole first sync's.
         for at in range(0, len(keys), PLAN_SLICE):
