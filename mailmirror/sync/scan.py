@@ -271,8 +271,8 @@ def _moving(replica: Replica, before: dict[str, Stamp], clock: int, margin: int,
     """
     for _ in range(2):
         after = replica.stamps()
-        whole = all(t % 1_000_000_000 == 0 for st in after.values() for t in (st.cur, st.new))
-        tick = margin if whole else FINE_TICK_NS
+        coarse = all(t % 1_000_000_000 == 0 for st in after.values() for t in (st.cur, st.new))
+        tick = margin if coarse else FINE_TICK_NS
         suspects = _suspects(before, after, clock - tick, again)
         if not suspects:
             return {}
