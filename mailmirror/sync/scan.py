@@ -221,7 +221,7 @@ def scan(
         missed = {ref.folder for ref, size in zip(refs.values(),
                                                   replicas[s].sizes(list(refs.values())),
                                                   strict=True) if size is not None}
-        moving = _moving(replicas[s], stamps[s], clock[s], margin_ns, lost, looked | missed)
+        moving = _moving(replicas[s], stamps[s], clock[s], margin_ns, lost, missed, looked)
         candidates.difference_update(moving)
         result.moving.update(moving)
         # their base rows stay as they were: no folder holding them, on either side, may be
@@ -251,7 +251,7 @@ def scan(
 
 
 def _moving(replica: Replica, before: dict[str, Stamp], clock: int, margin: int,
-            lost: dict[str, str], again: set[Stamp | str]) -> dict[str, str]:
+            lost: dict[str, str], folders: set[str], looks: set[Stamp]) -> dict[str, str]:
     """The keys of `lost` (listed nowhere on this side) that are still there: key -> folder.
 
     A client that moves a message while the folders are listed (into a folder listed
@@ -259,9 +259,10 @@ def _moving(replica: Replica, before: dict[str, Stamp], clock: int, margin: int,
     the listing; taken for a deletion, it would be deleted on the other side, or copied back
     beside itself (a duplicate) when the other side changed it. Only a directory whose mtime
     changed since the stamps were read, or is less than a clock tick old (a change in the
-    same tick would not show), can have received it: those are listed again. So are the
-    folders in `again`: named, or looking as a folder the keys were in did at the last sync (a
-    directory renamed by IMAP RENAME keeps its mtimes: two look-alike folders swapped).
+    same tick would not show), can have received it: those are listed again. So are
+    `folders`, and folders whose stamps are in `looks`, as a folder the keys were in looked at
+    the last sync (a directory renamed by IMAP RENAME keeps its mtimes: two look-alike folders
+    swapped).
 
     A tick is 0.1 s where mtimes have sub-second digits, the margin where they are whole
     seconds (SFTP). The second look is believed only if no directory it lists changes
@@ -273,7 +274,7 @@ def _moving(replica: Replica, before: dict[str, Stamp], clock: int, margin: int,
         after = replica.stamps()
         coarse = all(t % 1_000_000_000 == 0 for st in after.values() for t in (st.cur, st.new))
         tick = margin if coarse else FINE_TICK_NS
-        suspects = _suspects(before, after, clock - tick, again)
+        suspects = _suspects(before, after, clock - tick, folders, looks)
         if not suspects:
             return {}
         newest = max(getattr(after[f], sub) for f, subdirs in suspects for sub in subdirs)
@@ -301,12 +302,12 @@ def _moving(replica: Replica, before: dict[str, Stamp], clock: int, margin: int,
 
 
 def _suspects(before: dict[str, Stamp], after: dict[str, Stamp], recent: int,
-              again: set[Stamp | str]) -> list[tuple[str, tuple[str, ...]]]:
+              folders: set[str], looks: set[Stamp]) -> list[tuple[str, tuple[str, ...]]]:
     """The subdirs _moving lists again, by folder."""
     suspects = []
     for folder, stamp in after.items():
         then = before.get(folder)
-        whole = folder in again or stamp in again
+        whole = folder in folders or stamp in looks
         subdirs = tuple(sub for sub, old, now in ((CUR, then and then.cur, stamp.cur),
                                                   (NEW, then and then.new, stamp.new))
                         if now != old or now >= recent or whole)
