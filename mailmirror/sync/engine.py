@@ -405,19 +405,19 @@ class _Executor:
         for s, listed in self.found.duplicates.items():
             replica = self.replicas[s]
             refs = []  # each extra name, then the name that kept its key
-            for loc in listed:
-                kept = self.locs[s][key_of(details(replica, self.codec, s, loc)[0])]
+            uniques = [details(replica, self.codec, s, loc)[0] for loc in listed]
+            for loc, on_disk in zip(listed, uniques, strict=True):
+                kept = self.locs[s][key_of(on_disk)]
                 refs += [Ref(loc.entry.folder, loc.relname), Ref(kept.entry.folder, kept.relname)]
             there = replica.sizes(refs)
             extras = []
-            for i, loc in enumerate(listed):
+            for i, (loc, on_disk) in enumerate(zip(listed, uniques, strict=True)):
                 if None in there[2 * i:2 * i + 2]:
                     self.unsettled.update((s, ref.folder) for ref in refs[2 * i:2 * i + 2])
                 else:
-                    extras.append(loc)
+                    extras.append((loc, on_disk))
             items, notes = [], []
-            for loc in extras:
-                on_disk = details(self.replicas[s], self.codec, s, loc)[0]
+            for loc, on_disk in extras:
                 new_unique = fresh_unique(key_of(on_disk), loc.relname)
                 target = self._relname(s, new_unique, loc.entry, loc, unique=new_unique)
                 items.append(Rename(Ref(loc.entry.folder, loc.relname),
