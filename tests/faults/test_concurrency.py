@@ -319,37 +319,35 @@ def test_deletions_among_moves_and_flags_during_syncs_lose_nothing_else(tmp_path
     assert len(shuffle.deleted) >= 10
 
 
+class FolderRenames(Clients):
+    """A client on each root renaming .Work to .Archive and back every 5-100 ms."""
+
+    def __init__(self, roots: list[Path]) -> None:
+        super().__init__()
+        self.renamed: list[str] = []
+        self._threads = [threading.Thread(target=self._rename, args=(root, n))
+                         for n, root in enumerate(roots)]
+
+    def _rename(self, root: Path, salt: int) -> None:
+        rng = random.Random(salt)
+        while not self._stop.is_set():
+            here = ".Work" if (root / ".Work").exists() else ".Archive"
+            there = ".Archive" if here == ".Work" else ".Work"
+            try:
+                os.rename(root / here, root / there)
+                self.renamed.append(there)
+            except OSError:
+                pass  # the sync created the other one meanwhile: try again
+            time.sleep(rng.uniform(0.005, 0.1))
+
 def test_a_folder_renamed_back_and_forth_on_both_sides_during_syncs(tmp_path: Path) -> None:
     """IMAP RENAME is one directory rename: every message of the folder moves at once, on
     either side, while syncs list. Nothing is lost or doubled, and both sides agree."""
     a, b = tmp_path / "a", tmp_path / "b"
     keys = seed(a, 1500)
     assert _sync(tmp_path, a, b)[0] == 0
-    stop = threading.Event()
-    renamed: list[str] = []
-
-    def rename_back_and_forth(root: Path, salt: int) -> None:
-        rng = random.Random(salt)
-        while not stop.is_set():
-            here = ".Work" if (root / ".Work").exists() else ".Archive"
-            there = ".Archive" if here == ".Work" else ".Work"
-            try:
-                os.rename(root / here, root / there)
-                renamed.append(there)
-            except OSError:
-                pass  # the sync created the other one meanwhile: try again
-            time.sleep(rng.uniform(0.005, 0.1))
-
-    threads = [threading.Thread(target=rename_back_and_forth, args=(root, n))
-               for n, root in enumerate((a, b))]
-    for t in threads:
-        t.start()
-    try:
+    with FolderRenames([a, b]) as renames:
         _syncs_under_load(tmp_path, a, b, 25)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     _quiet_syncs(tmp_path, a, b)
     assert_converged(a, b, keys)
-    assert len(renamed) >= 10
+    assert len(renames.renamed) >= 10
