@@ -81,6 +81,32 @@ def test_listings_fetched_ahead_stay_in_step_with_other_calls(tmp_path):
         remote.close()
 
 
+def test_deliveries_collected_later_stay_in_step_with_other_calls(tmp_path):
+    """The engine sends batch n+1 before it reads batch n's results, and looks keywords up
+    in between: each batch still gets its own outcomes, in order."""
+    root = tmp_path / "m"
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    create_folder(root, "Work")
+    (root / ".Work" / "new" / "1700000000.M1P1.h").write_bytes(b"taken")
+    remote = agent(root)
+    try:
+        first = remote.deliver_later(
+            [Delivery(Ref("INBOX", f"new/17000000{n:02}.M1P1.a"), b"a%d" % n) for n in range(5)])
+        assert remote.add_keywords("Work", ["$Later"]) == {"a": "$Later"}
+        second = remote.deliver_later(
+            [Delivery(Ref("Work", "new/1700000000.M1P1.h"), b"clash"),
+             Delivery(Ref("Work", "cur/1700000001.M1P1.h:2,a"), b"kw")])
+        assert remote.list(["Work"]) == {"Work": ["cur/1700000001.M1P1.h:2,a",
+                                                  "new/1700000000.M1P1.h"]}
+        assert [r.outcome for r in second()] == [Outcome.EXISTS, Outcome.OK]
+        assert [r.outcome for r in first()] == [Outcome.OK] * 5
+    finally:
+        remote.close()
+    assert (root / ".Work" / "new" / "1700000000.M1P1.h").read_bytes() == b"taken"
+    assert len(os.listdir(root / "new")) == 5
+
+
 FAKE = textwrap.dedent("""
     import json, struct, sys
     out, inp = sys.stdout.buffer, sys.stdin.buffer

@@ -15,7 +15,7 @@ Contract shared by all operations:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -150,6 +150,12 @@ class Replica(Protocol):
         without clobbering."""
         ...
 
+    def deliver_later(self, items: Sequence[Delivery]) -> Callable[[], list[Result]]:
+        """deliver() in two steps: this call hands the batch over, the one it returns waits
+        for the results. A remote replica writes one batch while the next is sent; calls
+        between the two steps are allowed."""
+        ...
+
     def rename(self, items: Sequence[Rename]) -> list[Result]:
         """Atomically rename within the replica (flags, new->cur, folder moves)."""
         ...
@@ -166,6 +172,12 @@ class Replica(Protocol):
 
     def close(self) -> None:
         ...
+
+
+def delivered_now(replica: Replica, items: Sequence[Delivery]) -> Callable[[], list[Result]]:
+    """deliver_later() for a replica that gains nothing from waiting later."""
+    results = replica.deliver(items)
+    return lambda: results
 
 
 def one_by_one(replica: Replica, folders: Sequence[tuple[str, Sequence[str]]]

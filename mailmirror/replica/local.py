@@ -14,7 +14,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from mailmirror import crashpoint
@@ -50,6 +50,7 @@ from mailmirror.replica.base import (
     Rename,
     Result,
     Stamp,
+    delivered_now,
     one_by_one,
 )
 from mailmirror.sync.model import Entry
@@ -235,6 +236,9 @@ class LocalReplica:
             return Message(data, st.st_mtime_ns)
         finally:
             os.close(fd)
+
+    def deliver_later(self, items: Sequence[Delivery]) -> Callable[[], list[Result]]:
+        return delivered_now(self, items)
 
     def deliver(self, items: Sequence[Delivery]) -> list[Result]:
         results: list[Result] = [OK] * len(items)

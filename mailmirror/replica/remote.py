@@ -307,24 +307,31 @@ class AgentReplica:
         return out
 
     def deliver(self, items: Sequence[Delivery]) -> list[Result]:
-        # Two requests in flight: the agent writes the first half while the second half is
-        # still being encrypted and sent (strict request/reply left one side idle).
-        parts = _halves(items)
-        rids = [self._send("deliver", [i.data for i in part],
-                           refs=[[i.target.folder, i.target.relname] for i in part],
-                           lengths=[len(i.data) for i in part],
-                           mtimes=[i.mtime_ns for i in part])
-                for part in parts]
-        out: list[Result] = []
-        refused: ValueError | None = None
-        for rid, part in zip(rids, parts, strict=True):
-            try:  # every reply is read, so the stream stays in step for the next request
-                out.extend(self._results(self._receive(rid)[0], len(part)))
-            except ValueError as exc:
-                refused = refused or exc
-        if refused is not None:
-            raise refused
-        return out
+        return self.deliver_later(items)()
+
+    def deliver_later(self, items: Sequence[Delivery]) -> Callable[[], list[Result]]:
+        # Sent in two requests: the agent writes the first half while the second half is
+        # still being encrypted and sent (strict request/reply left one side idle). The
+        # replies are read by the call returned, after the caller sent its next batch.
+        sent = [(self._send("deliver", [i.data for i in part],
+                            refs=[[i.target.folder, i.target.relname] for i in part],
+                            lengths=[len(i.data) for i in part],
+                            mtimes=[i.mtime_ns for i in part]), len(part))
+                for part in _halves(items)]
+
+        def results() -> list[Result]:
+            out: list[Result] = []
+            refused: ValueError | None = None
+            for rid, count in sent:
+                try:  # every reply is read, so the stream stays in step for the next request
+                    out.extend(self._results(self._receive(rid)[0], count))
+                except ValueError as exc:
+                    refused = refused or exc
+            if refused is not None:
+                raise refused
+            return out
+
+        return results
 
     def rename(self, items: Sequence[Rename]) -> list[Result]:
         raw = self._call("rename",

@@ -14,7 +14,7 @@ import posixpath
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import PurePosixPath
 from typing import Any, TypeVar, cast
 
@@ -39,6 +39,7 @@ from mailmirror.replica.base import (
     Rename,
     Result,
     Stamp,
+    delivered_now,
     one_by_one,
 )
 from mailmirror.replica.local import ID_FILE, MAX_MESSAGE, TOMBSTONE_REWRITE_BYTES
@@ -149,6 +150,9 @@ class SftpReplica:
 
     def read(self, refs: Sequence[Ref]) -> list[Message | Result]:
         return self._run(self._gather(self._read(ref) for ref in refs))
+
+    def deliver_later(self, items: Sequence[Delivery]) -> Callable[[], list[Result]]:
+        return delivered_now(self, items)
 
     def deliver(self, items: Sequence[Delivery]) -> list[Result]:
         return self._run(self._deliver(items))

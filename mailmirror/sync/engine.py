@@ -520,7 +520,7 @@ class _Executor:
         from concurrent.futures import ThreadPoolExecutor  # only runs that copy
 
         def copy(batch: list[tuple[int, Copy]]) -> list[_Copied]:
-            return self._deliver_batch(batch, self._read_batch(batch))
+            return self._deliver_batch(batch, self._read_batch(batch))()
 
         with ThreadPoolExecutor(1, "mailmirror-copy") as worker:
             pending = worker.submit(copy, batches[0])
@@ -532,28 +532,37 @@ class _Executor:
     def _copy_pipelined(self, batches: list[list[tuple[int, Copy]]]) -> None:
         """A remote side: three threads, like rsync's three processes.
 
-        While batch n is delivered (writer thread, mostly waiting on the network), batch n+1
-        is read (reader thread) and the main thread records batch n-1; two batches of message
-        bytes are held at most. Each replica is used by one thread at a time (reads on the
-        source; deliveries and keyword lookups on the target).
+        While batch n is sent (writer thread), batch n+1 is read (reader thread), the far side
+        writes batch n-1, and the main thread records batch n-2: the writer collects batch
+        n-1's outcomes only once n is sent, so the far side always has a batch to write. Two
+        batches of message bytes are held at most: a batch is let go once it is sent.
         """
         from concurrent.futures import Future, ThreadPoolExecutor  # only runs that copy
+
+        def send(batch: list[tuple[int, Copy]], messages: list[Message | Result],
+                 sent_before: Callable[[], list[_Copied]]
+                 ) -> tuple[list[_Copied], Callable[[], list[_Copied]]]:
+            sent = self._deliver_batch(batch, messages)
+            return sent_before(), sent
 
         with (ThreadPoolExecutor(1, "mailmirror-read") as reader,
               ThreadPoolExecutor(1, "mailmirror-write") as writer):
             pending = reader.submit(self._read_batch, batches[0])
-            delivering: Future[list[_Copied]] | None = None
+            sending: Future[tuple[list[_Copied], Callable[[], list[_Copied]]]] | None = None
+            sent: Callable[[], list[_Copied]] = list
             for n in range(len(batches)):
                 messages = pending.result()
-                # two batches of bytes at most: batch n-1 is delivered before n+1 is read
-                copied = delivering.result() if delivering is not None else []
+                # two batches of bytes at most: batch n-1 is sent before n+1 is read
+                copied, sent = sending.result() if sending is not None else ([], sent)
                 if n + 1 < len(batches):
                     pending = reader.submit(self._read_batch, batches[n + 1])
-                delivering = writer.submit(self._deliver_batch, batches[n], messages)
+                sending = writer.submit(send, batches[n], messages, sent)
                 del messages
                 self._record_batch(copied)
-            if delivering is not None:
-                self._record_batch(delivering.result())
+            if sending is not None:
+                copied, sent = sending.result()
+                self._record_batch(copied)
+                self._record_batch(sent())
 
     def _read_batch(self, batch: list[tuple[int, Copy]]) -> list[Message | Result]:
         source = batch[0][1].source
@@ -562,8 +571,9 @@ class _Executor:
         return self.replicas[source].read(refs)
 
     def _deliver_batch(self, batch: list[tuple[int, Copy]],
-                       messages: list[Message | Result]) -> list[_Copied]:
-        """Deliver one batch (writer thread); the outcomes go to _record_batch (main thread)."""
+                       messages: list[Message | Result]) -> Callable[[], list[_Copied]]:
+        """Hand one batch to its target; the call returned waits for the outcomes, which go
+        to _record_batch (main thread)."""
         target = batch[0][1].side
         locs, sep = self.locs[target.other], self.replicas[target.other].sep
         names = self.names[target]
@@ -582,11 +592,15 @@ class _Executor:
                                        message.mtime_ns))
             waiting.append((i, action, len(message.data)))
         del messages
-        if deliveries:
-            results = self.replicas[target].deliver(deliveries)
-            out.extend((i, action, result, nbytes)
-                       for (i, action, nbytes), result in zip(waiting, results, strict=True))
-        return out
+        if not deliveries:
+            return lambda: out
+        results = self.replicas[target].deliver_later(deliveries)
+
+        def outcomes() -> list[_Copied]:
+            return out + [(i, action, result, nbytes) for (i, action, nbytes), result
+                          in zip(waiting, results(), strict=True)]
+
+        return outcomes
 
     def _record_batch(self, copied: list[_Copied]) -> None:
         if not copied:
