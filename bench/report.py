@@ -77,6 +77,7 @@ class Report:
     transports: list[str]  # labels, e.g. ["local", "ssh"]
     results: dict[tuple[str, str], Result]
     help_seconds: list[float]
+    ssh_connect_seconds: list[float]  # `ssh HOST true` through the bench's sshd
     load: tuple[float, float]  # 1-minute load average at start and end
     load_max: float = 0.0  # highest 1-minute load average seen after a timed run
     seconds_total: float = 0.0
@@ -193,6 +194,13 @@ class Report:
                 "server runs there too); remote MB = peak RSS of the agent, sftp-server, "
                 "unison -server or rsync --server"
             )
+        if self.ssh_connect_seconds:
+            lines.append(
+                f"`ssh 127.0.0.1 true` through that sshd: median "
+                f"{statistics.median(self.ssh_connect_seconds):.3f} s of "
+                f"{len(self.ssh_connect_seconds)} (issue 3 quotes 0.29 s; every tool's run "
+                "pays it, a slow login shell included)"
+            )
         lines += [
             "",
             "| case | tool | median s | ÷ mailmirror | peak MB |"
@@ -258,6 +266,7 @@ class Report:
             "cpus": os.cpu_count(),
             "load_average": list(self.load),
             "load_average_max": self.load_max,
+            "ssh_connect_seconds": self.ssh_connect_seconds,
             "transports": self.transports,
             "results": [
                 {

@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(stale)
     tree, total_bytes = ensure_tree(root, args.messages, args.seed)
     bench = Bench(tree, root / "work", args.seed)
+    ssh_connect: list[float] = []
     with contextlib.ExitStack() as stack:
         plan: list[tuple[Transport, list[Tool]]] = []
         if not args.no_local:
@@ -323,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ssh:
             ssh = stack.enter_context(loopback(root / "sshd"))
             plan.append((ssh, bench.add(ssh, tools)))
+            ssh_connect = ssh.connect_seconds()
         for run in range(1, args.repeat + 1):
             for transport, chosen in plan:
                 for tool in chosen:
@@ -349,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         transports=bench.transports,
         results=bench.results,
         help_seconds=help_seconds,
+        ssh_connect_seconds=ssh_connect,
         load=(load_start, os.getloadavg()[0]),
         load_max=max(bench.load_max, load_start),
         seconds_total=time.perf_counter() - started,

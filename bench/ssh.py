@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -99,6 +100,20 @@ class Ssh:
         self.wait_idle()
         shutil.rmtree(self.peaks, ignore_errors=True)
         self.peaks.mkdir()
+
+    def connect_seconds(self, runs: int = 5) -> list[float]:
+        """`ssh HOST true` through this sshd: the floor every tool's run pays (issue 3 quotes
+        0.29 s). A login shell whose start-up files are slow raises it for every tool alike."""
+        argv = ["ssh", *self.ssh.ssh_args.split(), self.ssh.host, "true"]
+        env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+        seconds = []
+        for _ in range(runs):
+            self.wait_idle()
+            started = time.perf_counter()
+            subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, check=True,
+                           stdout=subprocess.DEVNULL, timeout=60)
+            seconds.append(time.perf_counter() - started)
+        return seconds
 
     def remote_peak_mb(self) -> float | None:
         self.wait_idle()
