@@ -7,6 +7,7 @@ import io
 import os
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from mailmirror.replica.remote import AgentReplica, PipeChannel
 from mailmirror.store import open_store
 from mailmirror.sync.engine import SyncOptions, sync
 from mailmirror.sync.state import SyncState
-from mailmirror.transport.agent import serve
+from mailmirror.transport.agent import DETAIL_MAX, serve
 from mailmirror.transport.protocol import VERSION, ProtocolError, encode_frame, read_frame
 from tests.test_crash import make_tree, published
 
@@ -105,6 +106,41 @@ def test_deliveries_collected_later_stay_in_step_with_other_calls(tmp_path):
         remote.close()
     assert (root / ".Work" / "new" / "1700000000.M1P1.h").read_bytes() == b"taken"
     assert len(os.listdir(root / "new")) == 5
+
+
+def test_replies_left_unread_never_stall_the_next_requests(tmp_path):
+    """The engine reads a batch's replies only after it sent the next batch. Batches whose
+    every delivery fails give long replies; sending must not wait for them to be read."""
+    root = tmp_path / "m"
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    work = "Work" * 50  # long names make long failure details: the agent shortens them
+    create_folder(root, work)
+    (root / f".{work}" / "tmp").rmdir()
+    (root / f".{work}" / "tmp").write_bytes(b"")  # every delivery into it fails
+    host = "h" * 100
+    reason = open_local(root).deliver([Delivery(Ref(work, f"new/1.M1P1.{host}"), b"x")])[0]
+    reason_text = reason.detail.rpartition(": ")[2]
+    remote = agent(root)
+    results: list = []
+
+    def hand_over() -> None:
+        waits = [remote.deliver_later([Delivery(Ref(work, f"new/17{b}{n:08}.M1P1.{host}"), b"x")
+                                       for n in range(1000)]) for b in range(4)]
+        results.extend(r for wait in waits for r in wait())
+
+    worker = threading.Thread(target=hand_over, daemon=True)
+    worker.start()
+    worker.join(60)
+    try:
+        assert not worker.is_alive(), "sending waited for replies nobody read"
+        assert len(results) == 4000
+        assert all(r.outcome is Outcome.FAILED for r in results)
+        assert reason_text and all(len(r.detail) == DETAIL_MAX
+                                   and r.detail.endswith(f": {reason_text}") for r in results)
+    finally:
+        remote.channel.proc.kill()
+        remote.close()
 
 
 FAKE = textwrap.dedent("""

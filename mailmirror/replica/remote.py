@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 
 from mailmirror.errors import ReplicaError
 from mailmirror.maildir.folders import InvalidFolder, check_folder
@@ -32,7 +33,6 @@ from mailmirror.transport.protocol import (
     Frame,
     ProtocolError,
     TruncatedFrame,
-    exact_reader,
     frame_pieces,
     read_frame,
     split_data,
@@ -421,14 +421,44 @@ def _halves(items: Sequence[Delivery]) -> list[Sequence[Delivery]]:
 
 
 class PipeChannel:
-    """A Channel over a subprocess's stdin/stdout (tests, and `ssh` run as a program)."""
+    """A Channel over a subprocess's stdin/stdout (tests, and `ssh` run as a program).
+
+    Replies are read as they come, by a thread of their own, as asyncssh reads an SSH
+    channel: the client reads a batch's replies only after it sent the next batch, and with
+    the OS pipe alone (64 KiB) an agent whose replies nobody read would stop reading its
+    requests while the client still wrote one.
+    """
 
     def __init__(self, argv: Sequence[str], stderr: int | None = None) -> None:
         self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=stderr)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._stdin = self.proc.stdin
-        self.read_exactly = exact_reader(self.proc.stdout)
+        self._received = bytearray()
+        self._ended = False
+        self._arrived = threading.Condition()
+        threading.Thread(target=self._receive, args=(self.proc.stdout,), daemon=True,
+                         name="mailmirror-pipe").start()
+
+    def _receive(self, stdout: BinaryIO) -> None:
+        try:
+            while chunk := stdout.read1(1 << 16):
+                with self._arrived:
+                    self._received += chunk
+                    self._arrived.notify_all()
+        except (OSError, ValueError):  # closed under us: the end of the stream
+            pass
+        with self._arrived:
+            self._ended = True
+            self._arrived.notify_all()
+
+    def read_exactly(self, n: int) -> bytes:
+        """n bytes, fewer only at the end of the stream."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: len(self._received) >= n or self._ended)
+            data = bytes(self._received[:n])
+            del self._received[:n]
+        return data
 
     def send(self, pieces: Sequence[bytes]) -> None:
         self._stdin.writelines(pieces)

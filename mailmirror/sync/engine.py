@@ -535,7 +535,7 @@ class _Executor:
         While batch n is sent (writer thread), batch n+1 is read (reader thread), the far side
         writes batch n-1, and the main thread records batch n-2: the writer collects batch
         n-1's outcomes only once n is sent, so the far side always has a batch to write. Two
-        batches of message bytes are held at most: a batch is let go once it is sent.
+        batches of message bytes are held at most: the one being sent, the one being read.
         """
         from concurrent.futures import Future, ThreadPoolExecutor  # only runs that copy
 

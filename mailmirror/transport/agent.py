@@ -31,6 +31,8 @@ from mailmirror.transport.protocol import (
     split_data,
 )
 
+DETAIL_MAX = 300  # characters of an item's failure detail sent back (see _results)
+
 
 def _refs(items: object) -> list[Ref]:
     if not isinstance(items, list):
@@ -74,7 +76,17 @@ def _text(header: dict, key: str) -> str:
 
 
 def _results(results: list[Result]) -> list[list[str]]:
-    return [[r.outcome.value, r.detail] for r in results]
+    # details cut short: a batch whose every item failed stays a small reply (the client
+    # reads a batch's replies only after it sent the next one, and the SSH channel buffers
+    # 2 MiB of unread replies before the agent must wait)
+    return [[r.outcome.value, _short(r.detail)] for r in results]
+
+
+def _short(detail: str) -> str:
+    """At most DETAIL_MAX characters, keeping the end: the reason follows the path."""
+    if len(detail) <= DETAIL_MAX:
+        return detail
+    return detail[:100] + "..." + detail[-(DETAIL_MAX - 103):]
 
 
 class Agent:
