@@ -549,11 +549,13 @@ class _Executor:
               ThreadPoolExecutor(1, "mailmirror-write") as writer):
             pending = reader.submit(self._read_batch, batches[0])
             sending: Future[tuple[list[_Copied], Callable[[], list[_Copied]]]] | None = None
-            sent: Callable[[], list[_Copied]] = list
+            sent: Callable[[], list[_Copied]] = list  # nothing was sent before batch 0
             for n in range(len(batches)):
                 messages = pending.result()
                 # two batches of bytes at most: batch n-1 is sent before n+1 is read
-                copied, sent = sending.result() if sending is not None else ([], sent)
+                copied: list[_Copied] = []
+                if sending is not None:
+                    copied, sent = sending.result()
                 if n + 1 < len(batches):
                     pending = reader.submit(self._read_batch, batches[n + 1])
                 sending = writer.submit(send, batches[n], messages, sent)
