@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.measure import GNU_TIME
-from bench.tools import SshEndpoint
+from bench.tools import SshEndpoint, ssh_env
 
 if TYPE_CHECKING:
     from tests.ssh.sshrig import Sshd, SshRig
@@ -105,7 +105,7 @@ class Ssh:
         """`ssh HOST true` through this sshd: the floor every tool's run pays (issue 3 quotes
         0.29 s). A login shell whose start-up files are slow raises it for every tool alike."""
         argv = ["ssh", *self.ssh.ssh_args.split(), self.ssh.host, "true"]
-        env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+        env = ssh_env(dict(os.environ))
         seconds = []
         for _ in range(runs):
             self.wait_idle()

@@ -112,7 +112,7 @@ class Local:
         return None
 
 
-def _ssh_env(env: dict[str, str]) -> dict[str, str]:
+def ssh_env(env: dict[str, str]) -> dict[str, str]:
     """No ssh-agent: every tool authenticates with the rig's key only."""
     return {k: v for k, v in env.items() if k != "SSH_AUTH_SOCK"}
 
@@ -198,7 +198,7 @@ class Mailmirror(Tool):
         if (ssh := transport.ssh) is None:
             argv.append(str(pair.b))
         else:
-            env = _ssh_env(env)
+            env = ssh_env(env)
             exe = str(Path(shutil.which(self.exe) or self.exe).absolute())
             argv += [f"ssh://{ssh.host}:{ssh.port}{pair.b}", *ssh.mailmirror_args]
             agent = f"{ssh.remote_time} {exe} agent"
@@ -228,7 +228,7 @@ class Unison(Tool):
             server = f"env UNISON={pair.state / 'server'} {ssh.remote_time} unison"
             argv = ["unison", str(pair.a), f"ssh://{ssh.host}/{pair.b}"]
             argv += ["-sshargs", ssh.ssh_args, "-servercmd", server]
-            env = _ssh_env(env)
+            env = ssh_env(env)
         argv += ["-batch", "-times", "-log=false", "-confirmbigdel=false", "-contactquietly"]
         return Command(argv + ["-silent"], env)
 
@@ -242,7 +242,7 @@ class Rsync(Tool):
         if (ssh := transport.ssh) is not None:
             argv += ["-e", f"ssh {ssh.ssh_args}", "--rsync-path", f"{ssh.remote_time} rsync"]
         argv += [f"{pair.a}/", f"{transport.address(pair.b)}/"]
-        return Command(argv, _ssh_env(dict(os.environ)))
+        return Command(argv, ssh_env(dict(os.environ)))
 
 
 DOVECOT_CONF = """\
