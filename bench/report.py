@@ -78,6 +78,7 @@ class Report:
     results: dict[tuple[str, str], Result]
     help_seconds: list[float]
     ssh_connect_seconds: list[float]  # `ssh HOST true` through the bench's sshd
+    slow_link: str | None  # the rate the loopback was shaped to (--slow-link), or None
     load: tuple[float, float]  # 1-minute load average at start and end
     load_max: float = 0.0  # highest 1-minute load average seen after a timed run
     seconds_total: float = 0.0
@@ -88,7 +89,7 @@ class Report:
 
     @property
     def judged(self) -> bool:
-        return self.messages >= FULL_SIZE
+        return self.messages >= FULL_SIZE and not self.slow_link
 
     def median(self, case: str, tool: str) -> float | None:
         result = self.results.get((case, tool))
@@ -194,6 +195,11 @@ class Report:
                 "server runs there too); remote MB = peak RSS of the agent, sftp-server, "
                 "unison -server or rsync --server"
             )
+        if self.slow_link:
+            lines.append(
+                f"through a {self.slow_link} line: sshd and every tool in a network namespace "
+                "whose loopback is shaped with `tc tbf` (MTU 1500, no added latency)"
+            )
         if self.ssh_connect_seconds:
             lines.append(
                 f"`ssh 127.0.0.1 true` through that sshd: median "
@@ -227,6 +233,8 @@ class Report:
         mode = (
             f"judged at {FULL_SIZE:,} messages"
             if self.judged
+            else "informational: judged on the unshaped loopback only"
+            if self.slow_link
             else f"informational: judged at {FULL_SIZE:,} messages only"
         )
         issues = ", ".join(
@@ -267,6 +275,7 @@ class Report:
             "load_average": list(self.load),
             "load_average_max": self.load_max,
             "ssh_connect_seconds": self.ssh_connect_seconds,
+            "slow_link": self.slow_link,
             "transports": self.transports,
             "results": [
                 {

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import gen  # noqa: E402
+from bench import gen, slowlink  # noqa: E402
 from bench.maildir import (  # noqa: E402
     SUBDIRS,
     Identify,
@@ -284,7 +285,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run the cases over SSH, with B behind a loopback sshd (issue 3)",
     )
     parser.add_argument("--no-local", action="store_true", help="skip the local cases")
+    parser.add_argument(
+        "--slow-link",
+        metavar="RATE",
+        help="run the SSH cases through a line of RATE (tc rate, e.g. 10mbit): a network "
+        "namespace of its own with a shaped loopback; needs root; implies --ssh --no-local",
+    )
     args = parser.parse_args(argv)
+    if args.slow_link:
+        if not re.fullmatch(r"\d+(\.\d+)?[kmg]?bit", args.slow_link):
+            parser.error("--slow-link takes a rate like 10mbit, 512kbit or 1gbit")
+        args.ssh = args.no_local = True
     if args.messages < 1000 or args.repeat < 1:
         parser.error("--messages must be >= 1000 and --repeat >= 1")
     if args.no_local and not args.ssh:
@@ -294,6 +305,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.slow_link and not slowlink.inside():
+        if why := slowlink.check_slow_link():
+            log(f"error: cannot run {why}")
+            return 2
+        return slowlink.run_inside(args.slow_link, sys.argv[1:] if argv is None else argv)
     started, load_start = time.perf_counter(), os.getloadavg()[0]
     try:
         tools = make_tools([t for t in args.tools.split(",") if t], args.mailmirror)
@@ -352,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         results=bench.results,
         help_seconds=help_seconds,
         ssh_connect_seconds=ssh_connect,
+        slow_link=slowlink.inside(),
         load=(load_start, os.getloadavg()[0]),
         load_max=max(bench.load_max, load_start),
         seconds_total=time.perf_counter() - started,
