@@ -86,7 +86,8 @@ def _short(detail: str) -> str:
     """At most DETAIL_MAX characters, keeping the end: the reason follows the path."""
     if len(detail) <= DETAIL_MAX:
         return detail
-    return detail[:100] + "..." + detail[-(DETAIL_MAX - 103):]
+    head = detail[:100] + "..."
+    return head + detail[len(head) - DETAIL_MAX:]
 
 
 class Agent:
