@@ -115,6 +115,11 @@ def sync(
     sftp: Annotated[bool, typer.Option(
         "--sftp", help="Reach remotes over SFTP even if mailmirror is installed there.")]
     = False,
+    keep_connection: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        "--keep-connection", metavar="SECONDS",
+        help="Keep each SSH connection open this long after the run, for the next sync to "
+        "reuse (much faster start; default 0: close, or the profile's keep_connection).")]
+    = None,
     state: StateOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -141,7 +146,7 @@ def sync(
         ssh = SshOptions(ssh_config, identity, known_hosts, remote_command, sftp=sftp)
         safety = Safety(allow_mass_delete, max_delete, accept_new_replica, quarantine_days)
         code = _sync(a, b, dry_run, prefer, full, allow_empty, layout, separator, lock_timeout,
-                     state, config, json_out, ssh, remote, safety)
+                     state, config, json_out, ssh, remote, safety, keep_connection)
     except (MailmirrorError, OSError, sqlite3.Error) as exc:
         _fail(_user_error(exc), debug)
     except KeyboardInterrupt:
@@ -152,12 +157,12 @@ def sync(
 def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_empty: bool,
           layout: str, separator: str, lock_timeout: float, state: Path | None,
           config: Path | None, json_out: bool, ssh: SshOptions, remote: str | None,
-          safety: Safety) -> int:
+          safety: Safety, keep_connection: float | None) -> int:
     from mailmirror.jobs import Runner
     from mailmirror.report import Reporter
 
     jobs, settings = _prepare(a, b, dry_run, prefer, full, allow_empty, layout, separator,
-                              lock_timeout, state, config, ssh, remote, safety)
+                              lock_timeout, state, config, ssh, remote, safety, keep_connection)
     reporter = Reporter(json_out=json_out, tty=sys.stderr.isatty())
     reports = []
     with reporter.progress() as progress, Runner(settings, reporter.notice, progress) as runner:
@@ -170,7 +175,8 @@ def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_e
 def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_empty: bool,
              layout: str, separator: str, lock_timeout: float, state: Path | None,
              config: Path | None, ssh: SshOptions, remote: str | None,
-             safety: Safety | None = None) -> tuple[list[Job], Settings]:
+             safety: Safety | None = None, keep_connection: float | None = None
+             ) -> tuple[list[Job], Settings]:
     """The jobs and settings of a sync or watch: two maildirs, or a profile of the config."""
     from dataclasses import replace
 
@@ -196,6 +202,8 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
                 for pa, candidates, command in profile.pairs]
         layout, separator, prefer = profile.layout, profile.separator, profile.prefer
         timeout = profile.timeout
+        if keep_connection is None:
+            keep_connection = profile.keep_connection
         from_profile = {"config": profile.ssh_config, "identity": profile.identity,
                         "known_hosts": profile.known_hosts}
         ssh = replace(ssh, **{k: Path(v).expanduser() for k, v in from_profile.items()
@@ -204,6 +212,8 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
         if remote is not None:
             raise UsageError("--remote picks one of a profile's remotes: give a profile name")
         jobs = [Job(a, (b,))]
+    if keep_connection is not None and not 0 <= keep_connection <= 86400:
+        raise UsageError(f"--keep-connection must be 0 to 86400 seconds, not {keep_connection:g}")
     if prefer not in ("a", "b"):
         raise UsageError(f"--prefer must be a or b, not {prefer!r}")
     if layout not in LAYOUTS:
@@ -213,7 +223,7 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
     options = SyncOptions(prefer=Side(prefer), dry_run=dry_run, full=full,
                           allow_empty=allow_empty, **safety_options)  # type: ignore[arg-type]
     return jobs, Settings(state or paths.default_state_path(), options, ssh, layout, separator,
-                          lock_timeout, timeout, remote)
+                          lock_timeout, timeout, remote, keep_connection or 0.0)
 
 
 @app.command()

@@ -16,7 +16,7 @@ from mailmirror.maildir.names import SEPARATORS
 
 PROFILE_KEYS = {"a", "b", "local", "remotes", "users", "layout", "separator", "prefer",
                 "remote_command", "ssh_config", "identity", "known_hosts", "timeout",
-                "max_delete", "quarantine_days"}
+                "max_delete", "quarantine_days", "keep_connection"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Profile:
     known_hosts: str | None = None
     max_delete: float | None = None  # percent; None: the command line's or the default
     quarantine_days: int | None = None
+    keep_connection: float | None = None  # seconds; None: the command line's, else 0
 
 
 def read_config(path: Path) -> dict:
@@ -94,6 +95,9 @@ def profile_problems(name: str, table: object) -> list[str]:
     if (not isinstance(max_delete, int | float) or isinstance(max_delete, bool)
             or not 0 <= max_delete <= 100):
         problems.append(f"{where}: max_delete must be a percentage from 0 to 100")
+    keep = table.get("keep_connection", 0)
+    if not isinstance(keep, int | float) or isinstance(keep, bool) or not 0 <= keep <= 86400:
+        problems.append(f"{where}: keep_connection must be 0 to 86400 seconds")
     days = table.get("quarantine_days", 30)
     if not isinstance(days, int) or isinstance(days, bool) or days < 0:
         problems.append(f"{where}: quarantine_days must be a whole number of days (0 or more)")
@@ -126,4 +130,5 @@ def load_profile(path: Path, name: str) -> Profile:
                    table.get("separator", ":"), table.get("prefer", "a"),
                    float(table.get("timeout", 10)), table.get("ssh_config"),
                    table.get("identity"), table.get("known_hosts"),
-                   table.get("max_delete"), table.get("quarantine_days"))
+                   table.get("max_delete"), table.get("quarantine_days"),
+                   table.get("keep_connection"))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from mailmirror.errors import ReplicaError, UsageError
 from mailmirror.replica.base import Replica
 from mailmirror.replica.local import check_local, open_local
+from mailmirror.replica.remote import AgentReplica
 from mailmirror.store import open_store
 from mailmirror.sync import guard
 from mailmirror.sync.engine import ProgressFn, SyncOptions, SyncReport, sync
@@ -24,7 +25,7 @@ from mailmirror.sync.lock import pair_lock
 from mailmirror.sync.model import Side
 from mailmirror.sync.state import SyncState
 from mailmirror.transport.address import Remote, parse_address
-from mailmirror.transport.options import SshOptions
+from mailmirror.transport.options import DEFAULT_AGENT, SshOptions
 
 if TYPE_CHECKING:
     from mailmirror.transport.ssh import SshSession
@@ -47,6 +48,7 @@ class Settings:
     lock_timeout: float = 60.0
     connect_timeout: float | None = None
     only_remote: str | None = None
+    keep_connection: float = 0.0  # seconds a keeper holds each SSH connection after the run
 
 
 @dataclass
@@ -69,6 +71,10 @@ class Runner:
         self.progress = progress
         self.sessions: dict[tuple[str, int | None, str | None], SshSession] = {}
         self.opened: list[tuple[Replica, SshSession | None]] = []  # and the session it uses
+        # connections this run made itself, to leave a keeper for: socket, remote, options
+        # and the agents (command, root) it started there
+        self.to_keep: dict[Path, tuple[Remote, SshOptions, list[tuple[str, str]]]] = {}
+        self.keeping = True  # False once keeping proved impossible (said once)
 
     def __enter__(self) -> Runner:
         return self
@@ -82,6 +88,11 @@ class Runner:
         for session in list(self.sessions.values()):
             session.close()
         self.sessions.clear()
+        from mailmirror.transport.kept import start_keeper
+
+        for path, (remote, options, agents) in self.to_keep.items():
+            start_keeper(path, remote, options, self.settings.keep_connection, agents)
+        self.to_keep.clear()
 
     def run(self, job: Job) -> SyncReport:
         return self.sync_pair(self.open_pair(job))
@@ -135,19 +146,62 @@ class Runner:
             replica: Replica = open_local(parsed, s.layout, s.separator, readonly=readonly)
             self.opened.append((replica, None))
             return replica
+        options = self._ssh_options()
+        program = command or options.remote_command or DEFAULT_AGENT
+        keep_at = self._keep_at(parsed, options)
+        if keep_at is not None and (kept := self._open_kept(keep_at, parsed, program,
+                                                            options)) is not None:
+            self.opened.append((kept, None))
+            return kept
         from mailmirror.transport.ssh import AgentMissing
 
-        session = self._session(parsed)
-        if s.ssh.sftp:
+        session = self._session(parsed, options)
+        if options.sftp:
             return session.open_sftp(parsed.path, s.layout, s.separator, readonly)
         try:
             replica = session.open_agent(parsed.path, s.layout, s.separator, readonly,
-                                         command=command)
+                                         command=program)
         except AgentMissing as exc:
             self.notice(f"{exc.host}: no `{exc.command}` there, using SFTP (slower; install "
                         "mailmirror on the remote, or fix --remote-command, for speed)")
             return session.open_sftp(parsed.path, s.layout, s.separator, readonly)
         self.opened.append((replica, session))
+        if keep_at is not None:
+            self.to_keep.setdefault(keep_at, (parsed, options, []))[2].append(
+                (program, parsed.path))
+        return replica
+
+    def _keep_at(self, remote: Remote, options: SshOptions) -> Path | None:
+        """The keeper socket for `remote`, with --keep-connection (else, or where there is no
+        private directory for it, None: said once)."""
+        if self.settings.keep_connection <= 0 or options.sftp or not self.keeping:
+            return None
+        from mailmirror.transport.kept import KeepUnavailable, socket_path
+
+        try:
+            return socket_path(remote, options)
+        except KeepUnavailable as exc:
+            self.notice(f"--keep-connection: {exc}")
+            self.keeping = False
+            return None
+
+    def _open_kept(self, path: Path, remote: Remote, program: str,
+                   options: SshOptions) -> AgentReplica | None:
+        """The agent for `remote` through a keeper left by an earlier run, or None (then
+        the caller connects itself, as if there were none)."""
+        from mailmirror.transport.kept import open_kept
+
+        channel = open_kept(path, program, remote.path, remote.host, options.connect_timeout,
+                            options.io_timeout)
+        if channel is None:
+            return None
+        try:
+            replica = AgentReplica(channel, remote.label(), self.settings.layout,
+                                   self.settings.separator, self.settings.options.dry_run)
+        except ReplicaError:
+            channel.close()
+            return None
+        channel.answered()
         return replica
 
     def close(self, replica: Replica) -> None:
@@ -173,18 +227,21 @@ class Runner:
         if session is not None:
             session.close()
 
-    def _session(self, remote: Remote) -> SshSession:
+    def _ssh_options(self) -> SshOptions:
+        ssh = self.settings.ssh
+        if self.settings.connect_timeout is not None:
+            # the profile's timeout also paces keepalives: a link silent for three
+            # of them is dead, and the run ends (exit 3) instead of hanging
+            ssh = replace(ssh, connect_timeout=self.settings.connect_timeout,
+                          keepalive=self.settings.connect_timeout)
+        return ssh
+
+    def _session(self, remote: Remote, options: SshOptions) -> SshSession:
         from mailmirror.transport.ssh import SshSession
 
         key = _key(remote)
         if key not in self.sessions:
-            ssh = self.settings.ssh
-            if self.settings.connect_timeout is not None:
-                # the profile's timeout also paces keepalives: a link silent for three
-                # of them is dead, and the run ends (exit 3) instead of hanging
-                ssh = replace(ssh, connect_timeout=self.settings.connect_timeout,
-                              keepalive=self.settings.connect_timeout)
-            self.sessions[key] = SshSession(remote, ssh)
+            self.sessions[key] = SshSession(remote, options)
         return self.sessions[key]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -17,6 +17,7 @@ VERSION = 2  # 2: deletions go to the quarantine, prune_quarantine, id without c
 PREFIX = struct.Struct(">IQ")
 MAX_HEADER = 64 << 20
 MAX_DATA = 2 << 30
+SEND_CHUNK = 256 << 10  # bytes per write of a frame's pieces (send_chunks)
 
 
 class ProtocolError(Exception):
@@ -46,6 +47,24 @@ def frame_pieces(header: dict, *data: bytes) -> list[bytes]:
     if len(raw) > MAX_HEADER or size > MAX_DATA:
         raise ProtocolError("frame too large")
     return [PREFIX.pack(len(raw), size) + raw, *data]
+
+
+def send_chunks(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """A frame's pieces joined into writes of about SEND_CHUNK bytes.
+
+    One write per piece is a system call per message of a delivery; the frame joined whole is
+    a second copy of it (1 MB), and asyncssh copies what it is given once more.
+    """
+    chunk: list[bytes] = []
+    size = 0
+    for piece in pieces:
+        chunk.append(piece)
+        size += len(piece)
+        if size >= SEND_CHUNK:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+    if chunk:
+        yield b"".join(chunk)
 
 
 def decode_prefix(prefix: bytes) -> tuple[int, int]:

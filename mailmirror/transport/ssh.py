@@ -24,10 +24,10 @@ from mailmirror.replica.sftp import SftpReplica, open_sftp
 from mailmirror.transport.address import Remote
 from mailmirror.transport.loop import LoopThread
 from mailmirror.transport.options import DEFAULT_AGENT, SshOptions
+from mailmirror.transport.protocol import send_chunks
 from mailmirror.transport.sshlib import asyncssh
 
 T = TypeVar("T")
-SEND_CHUNK = 256 << 10  # bytes per write to the SSH channel (SshChannel.send)
 SWITCH_INTERVAL = 0.0005
 """Seconds a thread may hold the GIL while another waits for it (Python's default: 0.005).
 The loop thread gives the GIL up at every socket write and then waited up to the default
@@ -59,22 +59,12 @@ class SshChannel:
 
     def send(self, pieces: Sequence[bytes]) -> None:
         async def write() -> None:
-            # asyncssh copies what it is given into a buffer of its own: a frame joined and
-            # written whole was held twice (a delivery's is 1 MB). Chunks of SEND_CHUNK, each
-            # once the channel drained, keep both copies small and the packets full.
+            # each chunk once the channel drained: asyncssh's own copy stays small too, and
+            # the packets full
             stdin = self.process.stdin
-            chunk: list[bytes] = []
-            size = 0
-            for piece in pieces:
-                chunk.append(piece)
-                size += len(piece)
-                if size >= SEND_CHUNK:
-                    stdin.write(b"".join(chunk))
-                    chunk, size = [], 0
-                    await stdin.drain()
-            if chunk:
-                stdin.write(b"".join(chunk))
-            await stdin.drain()
+            for chunk in send_chunks(pieces):
+                stdin.write(chunk)
+                await stdin.drain()
 
         self.session.run(write(), self.session.options.io_timeout)
 
@@ -207,6 +197,13 @@ class SshSession:
         except (OSError, ValueError, TypeError, asyncssh.Error):
             return False
         return False
+
+    def target(self) -> tuple[str, int] | None:
+        """Host name and port the connection went to after ssh_config (None: a proxy's)."""
+        options = asyncssh.SSHClientConnectionOptions(**self._connect_args())
+        if options.tunnel or options.proxy_command:
+            return None
+        return options.host, options.port
 
     def _connect_args(self) -> dict[str, Any]:
         opts = self.options

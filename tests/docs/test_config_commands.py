@@ -35,6 +35,7 @@ remotes = [
   3,
 ]
 timeout = -1
+keep_connection = -5
 colour = "red"
 
 [profile.pair]
@@ -61,14 +62,15 @@ bogus = 1
 EXPECTED = [
     (4, "[profile.laptop]: remotes must be a list of addresses"),
     (8, "[profile.laptop]: timeout must be a positive number of seconds"),
-    (9, "[profile.laptop]: unknown key 'colour'"),
-    (11, "[profile.pair]: b must be a maildir path or address"),
-    (14, "failover.backup_ip: missing"),
-    (15, "failover.main_ip: must be an IPv4 address, not '192.0.2.999'"),
-    (21, "failover.check[0].url: missing"),
-    (24, "failover.check[1].port: missing"),
-    (27, "failover.check[1].bogus: unknown key for type tcp"),
-    (29, "profiles: unknown section"),
+    (9, "[profile.laptop]: keep_connection must be 0 to 86400 seconds"),
+    (10, "[profile.laptop]: unknown key 'colour'"),
+    (12, "[profile.pair]: b must be a maildir path or address"),
+    (15, "failover.backup_ip: missing"),
+    (16, "failover.main_ip: must be an IPv4 address, not '192.0.2.999'"),
+    (22, "failover.check[0].url: missing"),
+    (25, "failover.check[1].port: missing"),
+    (28, "failover.check[1].bogus: unknown key for type tcp"),
+    (30, "profiles: unknown section"),
 ]
 
 

@@ -11,13 +11,15 @@ With anchors.md's separate INDEX=/CONTROL= directories, `dovecot-keywords` and
 `dovecot-uidlist` would live outside the tree, so neither the keyword translation nor the
 "Dovecot files are never copied" rule could be observed.
 
-Every scenario runs over three transports (the `pair` fixture is parametrized): B as a local
-path, B reached over SSH through `mailmirror agent`, and B reached over SFTP (`--sftp`). Both SSH
-transports go through a real OpenSSH sshd on 127.0.0.1 (tests/ssh/sshrig.py, one per session)
-and log in as the same unprivileged user, so the remote side writes B's files as the user
-doveadm runs as. For that login the user needs a shell and an unlocked account (sshd refuses
-a `!` password field even for keys), and the rig's files live in the session workspace, which
-that user can traverse.
+Every scenario runs over four transports (the `pair` fixture is parametrized): B as a local
+path, B reached over SSH through `mailmirror agent`, the same with --keep-connection (every
+sync after a scenario's first goes through the keeper the one before left), and B reached over
+SFTP (`--sftp`); live mode keeps its own connection, so its scenarios skip the third
+(watchkit.py). The SSH transports go through a real OpenSSH sshd on 127.0.0.1
+(tests/ssh/sshrig.py, one per session) and log in as the same unprivileged user, so the remote
+side writes B's files as the user doveadm runs as. For that login the user needs a shell and
+an unlocked account (sshd refuses a `!` password field even for keys), and the rig's files
+live in the session workspace, which that user can traverse.
 
 No doveadm (or, for the SSH transports, no sshd): skip, except under CI=true, where a missing
 component must fail the run.
@@ -25,6 +27,7 @@ component must fail the run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mailbox
@@ -32,6 +35,7 @@ import os
 import pwd
 import selectors
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,7 +55,7 @@ SYSTEM_FLAGS = {"\\Seen": "S", "\\Answered": "R", "\\Flagged": "F", "\\Deleted":
                 "\\Draft": "D"}
 DOVECOT_FILE_PREFIXES = ("dovecot-uidlist", "dovecot.index", "dovecot.list.index",
                          "dovecot-uidvalidity")
-TRANSPORTS = ("local", "agent", "sftp")
+TRANSPORTS = ("local", "agent", "kept", "sftp")
 AGENT_COMMAND = f"{MAILMIRROR} agent"
 
 
@@ -506,13 +510,15 @@ class Pair:
     """Replicas A and B, a state database, and the mailmirror command between them.
 
     `transport` says how the command reaches B: "local" (a path), "agent" (B as
-    ssh://USER@mailhost/PATH, served by `mailmirror agent` started over SSH) or "sftp" (B as
+    ssh://USER@mailhost/PATH, served by `mailmirror agent` started over SSH), "kept" (the same
+    with --keep-connection: a keeper's connection from the second sync on) or "sftp" (B as
     USER@mailhost:PATH with --sftp). B is on this machine in every case, so the scenarios
     read and change its files directly.
     """
 
     def __init__(self, scratch: Path, user: User, doveadm: str, cli: Cli,
-                 transport: str = "local", rig: SshRig | None = None) -> None:
+                 transport: str = "local", rig: SshRig | None = None,
+                 run_dir: Path | None = None) -> None:
         self.scratch = scratch
         self.a = Replica("A", scratch, user, doveadm)
         self.b = Replica("B", scratch, user, doveadm)
@@ -520,9 +526,10 @@ class Pair:
         self.cli = cli
         self.transport = transport
         self.rig = rig
+        self.run_dir = run_dir  # the keepers' XDG_RUNTIME_DIR ("kept")
 
     def b_address(self) -> str:
-        if self.transport == "agent":
+        if self.transport in ("agent", "kept"):
             return f"ssh://{self.b.user.name}@{ALIAS}{self.b.root}"
         if self.transport == "sftp":
             return f"{self.b.user.name}@{ALIAS}:{self.b.root}"
@@ -534,11 +541,13 @@ class Pair:
         assert self.rig is not None
         args = ["--ssh-config", str(self.rig.ssh_config), "--identity", str(self.rig.user_key),
                 "--known-hosts", str(self.rig.known_hosts), "--remote-command", AGENT_COMMAND]
-        return args + (["--sftp"] if self.transport == "sftp" else [])
+        return args + {"sftp": ["--sftp"], "kept": ["--keep-connection", "60"]}.get(
+            self.transport, [])
 
     def sync(self, *extra: str, expect_rc: int | None = 0) -> Run:
+        env = {"XDG_RUNTIME_DIR": str(self.run_dir)} if self.run_dir else None
         run = self.cli.run("sync", str(self.a.root), self.b_address(), "--state",
-                           str(self.state), "--json", *self.transport_args(), *extra)
+                           str(self.state), "--json", *self.transport_args(), *extra, env=env)
         assert expect_rc is None or run.rc == expect_rc, (run.rc, run.stdout, run.stderr)
         assert "Traceback" not in run.stderr, run.stderr
         if run.rc in (0, 1):
@@ -550,7 +559,7 @@ class Pair:
         label = run.json["b"]
         if self.transport == "local":
             assert label == str(self.b.root) or ALIAS not in label, label
-        elif self.transport == "agent":
+        elif self.transport in ("agent", "kept"):
             assert ALIAS in label and "sftp" not in label, (label, run.stderr)
             assert "using SFTP" not in run.stderr, run.stderr
         else:
@@ -586,12 +595,30 @@ def e2e_rig(workspace: Path, user: User) -> Iterator[SshRig]:
         yield rig
 
 
-@pytest.fixture(params=TRANSPORTS)
-def pair(request: pytest.FixtureRequest, scratch: Path, user: User, doveadm: str,
-         cli: Cli) -> Pair:
+@pytest.fixture(scope="session")
+def kept_run_dir(user: User) -> Iterator[Path]:
+    """XDG_RUNTIME_DIR for the "kept" transport (short: it holds Unix sockets), the test
+    user's; the keepers left there are stopped at the end."""
+    path = Path(tempfile.mkdtemp(prefix="mmrun-"))
+    if os.geteuid() == 0:
+        os.chown(path, user.uid, user.gid)
+    yield path
+    for lock in path.glob("mailmirror/*.lock"):
+        with contextlib.suppress(ValueError, OSError):
+            os.kill(int(lock.read_text()), signal.SIGKILL)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_pair(request: pytest.FixtureRequest, scratch: Path, user: User, doveadm: str,
+              cli: Cli) -> Pair:
+    """The `pair` fixture's body, for modules that narrow its transports."""
     transport = request.param
     rig = request.getfixturevalue("e2e_rig") if transport != "local" else None
-    return Pair(scratch, user, doveadm, cli, transport, rig)
+    run_dir = request.getfixturevalue("kept_run_dir") if transport == "kept" else None
+    return Pair(scratch, user, doveadm, cli, transport, rig, run_dir)
+
+
+pair = pytest.fixture(params=TRANSPORTS, name="pair")(make_pair)
 
 
 def letters(flags: frozenset[str]) -> str:

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e import watchkit
 from tests.e2e.conftest import Pair, Replica, read_messages
 from tests.e2e.watchkit import has_message, watch_pair
+
+pair = watchkit.narrowed_pair  # the pair fixture without "kept" (see watchkit)
 
 SETTLE = 20  # seconds a change may take to show on the other side before the test fails
 

@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import missing
+from tests.e2e import watchkit
 from tests.e2e.conftest import Pair
 from tests.e2e.watchkit import has_message, watch_pair
+
+pair = watchkit.narrowed_pair  # the pair fixture without "kept" (see watchkit)
 
 INOTIFY = Path("/proc/sys/fs/inotify")
 SETTLE = 20

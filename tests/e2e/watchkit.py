@@ -13,7 +13,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e.conftest import MAILMIRROR, Cli, Pair
+import pytest
+
+from tests.e2e.conftest import MAILMIRROR, TRANSPORTS, Cli, Pair, make_pair
+
+# live mode holds its connection for as long as it runs: --keep-connection is sync's alone
+WATCH_TRANSPORTS = tuple(t for t in TRANSPORTS if t != "kept")
+narrowed_pair = pytest.fixture(params=WATCH_TRANSPORTS, name="pair")(make_pair)
 
 
 class Watch:
