@@ -42,12 +42,13 @@ from bench.maildir import (  # noqa: E402
     verify,
 )
 from bench.measure import Measurement, check_gnu_time, measure  # noqa: E402
-from bench.report import MM, MM_SFTP, Report, Result, case_names  # noqa: E402
+from bench.report import MM, MM_TOOLS, Report, Result, case_names  # noqa: E402
 from bench.ssh import check_ssh, loopback  # noqa: E402
 from bench.tools import Local, Pair, Tool, Transport, make_tools  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TOOLS = ("mailmirror", "mailmirror-sftp", "unison", "rsync", "doveadm", "mbsync")
+TOOLS = ("mailmirror", "mailmirror-sftp", "mailmirror-kept", "unison", "rsync", "doveadm",
+         "mbsync")
 TIMEOUT = 1800.0
 BACKDATE = 10.0
 """Seconds by which cur/ and new/ mtimes are set back before the no-change runs: mailmirror
@@ -170,9 +171,10 @@ class Bench:
     def run(self, tool: Tool, transport: Transport, pair: Pair) -> Measurement:
         """One sync; over SSH also the remote side's peak (`Measurement.remote_mb`)."""
         cmd = tool.command(pair, transport)
-        transport.before_run()
+        time.sleep(tool.pause)
+        transport.before_run(tool.kept)
         m = measure(cmd.argv, cmd.env, TIMEOUT)
-        m = dataclasses.replace(m, remote_mb=transport.remote_peak_mb())
+        m = dataclasses.replace(m, remote_mb=transport.remote_peak_mb(tool.kept))
         self.load_max = max(self.load_max, os.getloadavg()[0])
         return m
 
@@ -210,7 +212,7 @@ class Bench:
         if m.remote_mb is not None:
             timing += f" (remote {m.remote_mb:5.1f} MB)"
         log(f"  {tool.name:15} {case:20} run {run}: {timing} {verdict}")
-        if problems and tool.name in (MM, MM_SFTP):
+        if problems and tool.name in MM_TOOLS:
             self.keep(pair, case, run, result)
             return False
         return True
@@ -235,6 +237,7 @@ class Bench:
             tool.prepare(pair)
             self.steps(tool, transport, pair, run)
         finally:
+            tool.finish()
             shutil.rmtree(pair.root, ignore_errors=True)
 
     def steps(self, tool: Tool, transport: Transport, pair: Pair, run: int) -> None:

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,20 +86,25 @@ class Ssh:
     def address(self, path: Path) -> str:
         return f"{self.ssh.host}:{path}"
 
-    def wait_idle(self) -> bool:
-        """Wait until sshd has no session process left; False after IDLE_TIMEOUT."""
+    def wait_idle(self, kept: Callable[[], int] = lambda: 0) -> bool:
+        """Wait until sshd has no session process left but the kept() ones (mailmirror's
+        keepers, one connection each); False after IDLE_TIMEOUT."""
         listener = self.server.process.pid
         deadline = time.monotonic() + IDLE_TIMEOUT
-        while _children(listener):
+        while len(_children(listener)) > kept():
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.02)
         return True
 
-    def before_run(self) -> None:
-        self.wait_idle()
-        shutil.rmtree(self.peaks, ignore_errors=True)
-        self.peaks.mkdir()
+    def before_run(self, kept: Callable[[], int] = lambda: 0) -> None:
+        self.wait_idle(kept)
+        self.peaks.mkdir(exist_ok=True)
+        for path in self.peaks.iterdir():
+            # GNU time opens its file as it starts: an agent a keeper started ahead (for
+            # this run) writes into the one it holds, which must stay
+            if _peak_kib(path) is not None or not kept():
+                path.unlink()
 
     def connect_seconds(self, runs: int = 5) -> list[float]:
         """`ssh HOST true` through this sshd: the floor every tool's run pays (issue 3 quotes
@@ -115,14 +120,27 @@ class Ssh:
             seconds.append(time.perf_counter() - started)
         return seconds
 
-    def remote_peak_mb(self) -> float | None:
-        self.wait_idle()
-        kib = []
-        for path in self.peaks.iterdir():
-            lines = path.read_text().split()
-            if lines and lines[-1].isdigit():
-                kib.append(int(lines[-1]))
+    def remote_peak_mb(self, kept: Callable[[], int] = lambda: 0) -> float | None:
+        self.wait_idle(kept)
+        kib = self._peaks_kib()
+        if kept():
+            # a kept connection stays, and with it the agent started for the next run (its
+            # file is empty until it exits): the agent that served this run writes its peak
+            # as it exits, a moment after the client did
+            deadline = time.monotonic() + IDLE_TIMEOUT
+            while not kib and time.monotonic() < deadline:
+                time.sleep(0.02)
+                kib = self._peaks_kib()
         return max(kib) * 1024 / 1e6 if kib else None
+
+    def _peaks_kib(self) -> list[int]:
+        return [kib for path in self.peaks.iterdir() if (kib := _peak_kib(path)) is not None]
+
+
+def _peak_kib(path: Path) -> int | None:
+    """The peak GNU time wrote into `path`; None while its process runs."""
+    lines = path.read_text().split()
+    return int(lines[-1]) if lines and lines[-1].isdigit() else None
 
 
 def _script(path: Path, text: str) -> None:

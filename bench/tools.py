@@ -20,7 +20,11 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
+import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -86,11 +90,12 @@ class Transport(Protocol):
         """B as scp-style `host:path` (remote) or its path (local)."""
         ...
 
-    def before_run(self) -> None:
-        """Called before each run of a tool: wait until the previous run's remote side is gone."""
+    def before_run(self, kept: Callable[[], int] = lambda: 0) -> None:
+        """Called before each run of a tool: wait until the previous run's remote side is gone
+        (but for the kept() connections that outlive runs: mailmirror's keepers)."""
         ...
 
-    def remote_peak_mb(self) -> float | None:
+    def remote_peak_mb(self, kept: Callable[[], int] = lambda: 0) -> float | None:
         """After a run: the highest peak RSS of the processes started through `remote_time`
         during it (agent, sftp-server, unison -server, rsync --server), or None."""
         ...
@@ -105,10 +110,10 @@ class Local:
     def address(self, path: Path) -> str:
         return str(path)
 
-    def before_run(self) -> None:
+    def before_run(self, kept: Callable[[], int] = lambda: 0) -> None:
         pass
 
-    def remote_peak_mb(self) -> float | None:
+    def remote_peak_mb(self, kept: Callable[[], int] = lambda: 0) -> float | None:
         return None
 
 
@@ -157,6 +162,16 @@ class Tool:
         """For a sync that had nothing to do: why its output says it did something, or None."""
         return None
 
+    pause = 0.0
+    """Seconds the harness waits before each run (see Mailmirror, keep=True)."""
+
+    def kept(self) -> int:
+        """SSH connections of this tool alive between its runs (mailmirror's keepers)."""
+        return 0
+
+    def finish(self) -> None:
+        """After a tool's chain of runs: stop what it left running."""
+
     def differs(self) -> list[str]:
         """How every result of this tool differs from a mirror's, as the checks allow for."""
         return [f"{self.added_header.decode()} header added to copies"] if self.added_header else []
@@ -169,17 +184,46 @@ class Tool:
 
 
 class Mailmirror(Tool):
-    """mailmirror; over SSH through its agent, or (`sftp=True`, SSH only) over SFTP."""
+    """mailmirror; over SSH through its agent, or (`sftp=True`, SSH only) over SFTP, or
+    (`keep=True`, SSH only) with --keep-connection: after its first copy every run goes
+    through the keeper the one before left, as in a cron job (docs/remote.md)."""
 
     name = "mailmirror"
 
-    def __init__(self, exe: str, sftp: bool = False) -> None:
-        self.exe, self.sftp = exe, sftp
+    def __init__(self, exe: str, sftp: bool = False, keep: bool = False) -> None:
+        self.exe, self.sftp, self.keep = exe, sftp, keep
         if sftp:
             self.name = "mailmirror-sftp"
+        if keep:
+            self.name = "mailmirror-kept"
+            # a keeper starts the agent for the next run once a run ends (not during it:
+            # CPU the run wants); cron runs are minutes apart, this harness's a few ms, so
+            # it leaves the keeper this long, as the time between cron runs would
+            self.pause = 2.0
+        # the keepers' XDG_RUNTIME_DIR: short, it holds Unix sockets
+        self.run_dir = Path(tempfile.gettempdir()) / f"mmbench-{os.getpid()}"
 
     def supports(self, transport: Transport) -> bool:
-        return transport.ssh is not None or not self.sftp
+        return transport.ssh is not None or not (self.sftp or self.keep)
+
+    def kept(self) -> int:
+        return len(self._keepers())
+
+    def _keepers(self) -> list[int]:
+        pids = []
+        for lock in self.run_dir.glob("mailmirror/*.lock"):
+            text = lock.read_text().strip()
+            if text.isdigit() and Path(f"/proc/{text}").exists():
+                pids.append(int(text))
+        return pids
+
+    def finish(self) -> None:
+        for pid in self._keepers():
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while self._keepers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def check_ready(self) -> str | None:
         if not shutil.which(self.exe):
@@ -203,6 +247,10 @@ class Mailmirror(Tool):
             argv += [f"ssh://{ssh.host}:{ssh.port}{pair.b}", *ssh.mailmirror_args]
             agent = f"{ssh.remote_time} {exe} agent"
             argv += ["--sftp"] if self.sftp else ["--remote-command", agent]
+            if self.keep:
+                self.run_dir.mkdir(mode=0o700, exist_ok=True)
+                env["XDG_RUNTIME_DIR"] = str(self.run_dir)
+                argv += ["--keep-connection", "600"]
         return Command(argv + ["--state", str(pair.state / "state.sqlite3"), "--json"], env)
 
     def idle_problem(self, stdout: str) -> str | None:
@@ -382,6 +430,7 @@ def make_tools(names: list[str], mailmirror_exe: str) -> list[Tool]:
     known: dict[str, Tool] = {
         "mailmirror": Mailmirror(mailmirror_exe),
         "mailmirror-sftp": Mailmirror(mailmirror_exe, sftp=True),
+        "mailmirror-kept": Mailmirror(mailmirror_exe, keep=True),
         "unison": Unison(),
         "rsync": Rsync(),
         "doveadm": Doveadm(),
