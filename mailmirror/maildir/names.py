@@ -7,7 +7,6 @@ folder. Pure: no file system access here; hostile names are rejected, never clea
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ SYSTEM_FLAGS = frozenset("DFPRST")
 SEPARATORS = (":", ";", "!")
 MAX_NAME = 255
 MESSAGE_SUBDIRS = ("cur", "new")  # where a maildir folder keeps its messages
-RELNAME_CHUNK = 10_000  # names per regex match in check_relnames (memory and regex stack)
+RELNAME_CHUNK = 10_000  # names per pass of check_relnames (bounds the joined copy)
 _LOCAL_FIELD = re.compile(r",U=\d+(?=,|$)")
 _FORBIDDEN = re.compile(r"[/\x00-\x1f\x7f]")
 _SIZE_FIELD = re.compile(r",S=(\d+)")
@@ -77,23 +76,19 @@ def split_relname(relname: str, subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> tup
     return sub, name
 
 
-@functools.cache
-def _valid_lines(subdirs: tuple[str, ...]) -> re.Pattern[bytes]:
-    """Lines "SUBDIR/NAME" joined by newlines, NAME as check_name wants it (ASCII) except
-    for "." and "..", which check_relnames looks for apart."""
-    allowed = b"|".join(re.escape(sub.encode()) for sub in subdirs)
-    line = rb"(?:%s)/[^/\x00-\x1f\x7f]{1,%d}" % (allowed, MAX_NAME)
-    return re.compile(rb"(?:%s\n)*%s" % (line, line))
+_NAME_BYTES = bytes(range(0x20, 0x7F)) + b"\n"  # printable ASCII, and the lines' separator
 
 
 def check_relnames(relnames: list[str], subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> None:
     """Raise InvalidName unless each item is "SUBDIR/NAME", SUBDIR one of `subdirs` (cur/ and
     new/ by default) and NAME valid.
 
-    For a remote's whole listing: one regex match over the names joined, RELNAME_CHUNK at a
-    time, instead of a Python call per name (100,000 names: 45 ms, and 100 ms for a regex
-    tried at every line start). Where it fails, the one-name check finds the culprit.
+    For a remote's whole listing: the names joined and checked RELNAME_CHUNK at a time by a
+    few passes in C over the text (_valid_lines), instead of a Python call per name
+    (100,000 names: 45 ms by a regex over the joined text, about 10 ms so). Where it fails,
+    the one-name check finds the culprit.
     """
+    prefixes = tuple(f"{sub}/".encode() for sub in subdirs)
     for start in range(0, len(relnames), RELNAME_CHUNK):
         chunk = relnames[start:start + RELNAME_CHUNK]
         try:
@@ -101,12 +96,32 @@ def check_relnames(relnames: list[str], subdirs: Sequence[str] = MESSAGE_SUBDIRS
         except TypeError:
             raise InvalidName("a message name that is not text") from None
         # non-ASCII: byte lengths differ from lengths in characters, so one by one
-        raw = joined.encode("ascii") if joined.isascii() else b""
-        if (not raw or _valid_lines(tuple(subdirs)).fullmatch(raw) is None
-                or raw.count(b"\n") != len(chunk) - 1  # a name holding a newline
-                or b"/.\n" in raw or b"/..\n" in raw or raw.endswith((b"/.", b"/.."))):
+        if not joined.isascii() or not _valid_lines(joined.encode("ascii"), chunk, prefixes):
             for relname in chunk:
                 split_relname(relname, subdirs)
+
+
+def _valid_lines(raw: bytes, chunk: list[str], prefixes: tuple[bytes, ...]) -> bool:
+    """Whether `raw`, the ASCII `chunk` joined by newlines, is all "PREFIX NAME" lines, NAME
+    as check_name wants it.
+
+    Each test is one pass in C: as many newlines as separators (no name holds one); nothing
+    but printable ASCII besides; as many slashes as lines, and as many lines that begin with
+    a prefix (so each line's one slash is its prefix's, and no name holds one); every line
+    between a prefix plus one and a prefix plus MAX_NAME long; no name "." or "..".
+    """
+    lines = len(chunk)
+    width = {len(p) for p in prefixes}
+    if len(width) != 1:
+        return False  # prefixes of different lengths: the one-name check decides
+    (prefix,) = width
+    return (raw.count(b"\n") == lines - 1
+            and not raw.translate(None, _NAME_BYTES)
+            and raw.count(b"/") == lines
+            and sum(raw.startswith(p) + raw.count(b"\n" + p) for p in prefixes) == lines
+            and prefix < min(map(len, chunk)) and max(map(len, chunk)) <= prefix + MAX_NAME
+            and b"/.\n" not in raw and b"/..\n" not in raw
+            and not raw.endswith((b"/.", b"/..")))
 
 
 def parse_name(name: str, sep: str = ":") -> Name:
