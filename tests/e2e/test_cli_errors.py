@@ -157,3 +157,13 @@ def test_same_maildir_twice_is_a_usage_error(cli: Cli, scratch: Path, user: User
     before = tree_listing(a)
     sync(cli, a, a).assert_clean_error(2)
     assert tree_listing(a) == before
+
+
+def test_keep_connection_out_of_range_is_a_usage_error(cli: Cli, scratch: Path,
+                                                        user: User) -> None:
+    a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG})
+    b = maildir(scratch / "B", user)
+    before = tree_listing(a), tree_listing(b)
+    line = sync(cli, a, b, "--keep-connection", "-1").assert_clean_error(2)
+    assert "--keep-connection must be 0 to 86400 seconds" in line, line
+    assert (tree_listing(a), tree_listing(b)) == before
