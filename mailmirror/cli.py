@@ -274,8 +274,9 @@ def watch(
         from mailmirror.transport.options import SshOptions
 
         ssh = SshOptions(ssh_config, identity, known_hosts, remote_command, sftp=sftp)
+        # live mode holds its own connections for as long as it runs: no keepers
         jobs, settings = _prepare(a, b, False, prefer, False, allow_empty, layout, separator,
-                                  lock_timeout, state, config, ssh, remote)
+                                  lock_timeout, state, config, ssh, remote, keep_connection=0.0)
         from mailmirror.watch.run import watch_forever
 
         code = watch_forever(jobs, settings, interval, poll, tty=sys.stderr.isatty())

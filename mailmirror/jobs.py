@@ -79,7 +79,7 @@ class Runner:
     def __enter__(self) -> Runner:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         for replica, session in reversed(self.opened):
             if self._alive(session):
                 with contextlib.suppress(ReplicaError):
@@ -90,8 +90,9 @@ class Runner:
         self.sessions.clear()
         from mailmirror.transport.kept import start_keeper
 
-        for path, (remote, options, agents) in self.to_keep.items():
-            start_keeper(path, remote, options, self.settings.keep_connection, agents)
+        if kind is None or not issubclass(kind, KeyboardInterrupt):  # a user's stop stops all
+            for path, (remote, options, agents) in self.to_keep.items():
+                start_keeper(path, remote, options, self.settings.keep_connection, agents)
         self.to_keep.clear()
 
     def run(self, job: Job) -> SyncReport:

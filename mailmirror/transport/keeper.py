@@ -66,7 +66,7 @@ def keep(spec: dict[str, Any]) -> None:
             return
         try:
             keeper = Keeper(session.conn, path, float(spec["seconds"]),
-                            [tuple(agent) for agent in spec["agents"]][:MAX_READY],
+                            [tuple(agent) for agent in spec["agents"]][-MAX_READY:],
                             session.target())
             session.run(keeper.serve(), None)
         except ReplicaError:
@@ -115,6 +115,7 @@ class Keeper:
             await self._prepare(agent)
         ends = {asyncio.ensure_future(self.conn.wait_closed()),
                 asyncio.ensure_future(self.done.wait())}
+        closed, _ = ends
         try:
             while not any(end.done() for end in ends):
                 await asyncio.wait(ends, timeout=min(self.seconds, 5.0))
@@ -124,11 +125,14 @@ class Keeper:
                 if not _still_ours(self.path, inode):
                     break
         finally:
+            # no new clients; syncs under way finish on the connection they started on
             server.close()
             if _still_ours(self.path, inode):
                 self.path.unlink()
             for process in self.ready.values():
                 process.close()
+            while self.active and not closed.done():
+                await asyncio.wait({closed}, timeout=1.0)
             for end in ends:
                 end.cancel()
 
@@ -137,19 +141,20 @@ class Keeper:
         return await self.conn.create_process(f"{program} {shlex.quote(root)}", encoding=None)
 
     async def _prepare(self, agent: tuple[str, str]) -> None:
-        """Have an agent for `agent` waiting: one per (command, root), the MAX_READY used
+        """Have an agent for `agent` waiting: one per (command, root), for the MAX_READY used
         last (a profile may cover every user of a server)."""
-        if agent in self.ready or agent in self.preparing:
+        if agent in self.ready or agent in self.preparing or len(self.preparing) >= MAX_READY:
             return
-        while len(self.ready) >= MAX_READY:
-            self.ready.pop(next(iter(self.ready))).close()
         self.preparing.add(agent)
         try:
-            self.ready[agent] = await self._start(agent)
+            process = await self._start(agent)
         except Exception:  # noqa: BLE001 (any failure: the client starts its own)
             return
         finally:
             self.preparing.discard(agent)
+        self.ready[agent] = process
+        while len(self.ready) > MAX_READY:  # the longest unused goes
+            self.ready.pop(next(iter(self.ready))).close()
 
     async def _take(self, agent: tuple[str, str]) -> Any:
         process = self.ready.pop(agent, None)
@@ -195,13 +200,18 @@ class Keeper:
         try:
             found = await asyncio.get_running_loop().getaddrinfo(
                 *self.target, type=socket.SOCK_STREAM)
-        except OSError:
-            return True  # no answer from DNS: the connection we hold is still the best bet
+        except socket.gaierror as exc:
+            # no answer from DNS just now: the connection we hold is still the best bet; a
+            # name that is gone is gone (a sync of its own would fail to resolve it too)
+            return exc.errno == socket.EAI_AGAIN
         return peer is None or any(addr[4][0] == peer[0] for addr in found)
 
 
 async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  process: Any) -> None:
+    """Bytes both ways until one side is done. The agent's end ends the client's at once
+    (the sync then says what it says for a direct connection); a client that is gone, or
+    cut off in the middle of a frame, ends the agent (which publishes nothing half-sent)."""
     async def upstream() -> None:
         while data := await reader.read(RELAY_CHUNK):
             process.stdin.write(data)
@@ -214,11 +224,16 @@ async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
             await writer.drain()
 
     up = asyncio.ensure_future(upstream())
+    down = asyncio.ensure_future(downstream())
     try:
-        await downstream()
-        await asyncio.wait_for(up, REQUEST_TIMEOUT)
+        await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        if up.done() and not up.cancelled() and up.exception() is None:
+            # the client has said all it will (bye): the agent answers and exits
+            await asyncio.wait({down}, timeout=REQUEST_TIMEOUT)
     finally:
-        up.cancel()
+        for task in (up, down):
+            task.cancel()
+        await asyncio.gather(up, down, return_exceptions=True)
         process.close()
 
 

@@ -13,6 +13,7 @@ makes `open_kept` return None and the caller connects itself, as without the opt
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -34,6 +35,10 @@ KEEPER_VERSION = 1  # of the request line and the spec the keeper is started wit
 REPLY_MAX = 4096  # bytes of the keeper's one-line answer
 READ_BUFFER = 256 << 10
 NAME_HEX = 20  # hex digits of a socket's name (80 bits)
+DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa", "id_ed25519_sk", "id_ecdsa_sk")
+SSH_FILE_KEYWORDS = {"include", "userknownhostsfile", "globalknownhostsfile", "identityfile",
+                     "certificatefile"}
+MAX_SSH_FILES = 64  # ssh_config files read for one socket name (an Include loop stops here)
 SUN_PATH_MAX = 107  # bytes of a Unix socket's path (Linux), less the final NUL
 
 
@@ -84,17 +89,53 @@ def socket_path(remote: Remote, options: SshOptions) -> Path:
     """
     directory = runtime_dir()
     home = Path("~/.ssh").expanduser()
+    files = [*_ssh_files(options.config or home / "config"),
+             options.known_hosts or home / "known_hosts",
+             *([options.identity] if options.identity else
+               [home / name for name in DEFAULT_IDENTITIES])]
     parts = {
         "keeper": KEEPER_VERSION, "mailmirror": __version__,
         "host": remote.host, "port": remote.port, "user": remote.user,
-        "config": _stamp(options.config or home / "config"),
-        "known_hosts": _stamp(options.known_hosts or home / "known_hosts"),
-        "identity": _stamp(options.identity) if options.identity else None,
+        "files": [_stamp(path) for path in files],
         "auth_sock": os.environ.get("SSH_AUTH_SOCK"),
         "connect_timeout": options.connect_timeout, "keepalive": options.keepalive,
     }
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:NAME_HEX]
     return directory / f"{digest}.sock"
+
+
+def _ssh_files(config: Path) -> list[Path]:
+    """The ssh_config file and every file it names that decides a connection: the files it
+    includes (read the same way) and the known_hosts, identity and certificate files.
+
+    A plain reading of the keywords, whatever Host or Match block they are in: a file named
+    for another host only retires a keeper more often than needed.
+    """
+    home = Path("~/.ssh").expanduser()
+    configs, named = [config], []
+    for path in configs:
+        if len(configs) > MAX_SSH_FILES:
+            break
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            words = line.strip().replace("=", " ", 1).split()
+            if len(words) < 2 or words[0].lower() not in SSH_FILE_KEYWORDS:
+                continue
+            for word in words[1:]:
+                if word.lower() == "none":
+                    continue
+                found = Path(os.path.expanduser(word.strip('"')))
+                if not found.is_absolute():
+                    found = home / found
+                if words[0].lower() == "include":
+                    configs += [Path(p) for p in sorted(glob.glob(str(found)))
+                                if Path(p) not in configs]
+                else:
+                    named.append(found)
+    return configs + named
 
 
 class KeptChannel:
@@ -107,16 +148,21 @@ class KeptChannel:
         self._reader = sock.makefile("rb", buffering=READ_BUFFER)
 
     def send(self, pieces: Sequence[bytes]) -> None:
-        for chunk in send_chunks(pieces):
-            self.sock.sendall(chunk)
+        try:
+            for chunk in send_chunks(pieces):
+                self.sock.sendall(chunk)
+        except TimeoutError:
+            raise self._stalled() from None
 
     def read_exactly(self, n: int) -> bytes:
         try:
             return self._reader.read(n)
         except TimeoutError:
-            raise ReplicaError(f"{self.host}: no answer for {self.sock.gettimeout():g} s "
-                               "through the kept connection: the connection stalled (check "
-                               "the network)") from None
+            raise self._stalled() from None
+
+    def _stalled(self) -> ReplicaError:
+        return ReplicaError(f"{self.host}: no answer for {self.sock.gettimeout():g} s through "
+                            "the kept connection: the connection stalled (check the network)")
 
     def answered(self) -> None:
         """The agent answered hello: from now on a reply may take as long as a direct one's."""

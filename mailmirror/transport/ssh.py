@@ -184,7 +184,7 @@ class SshSession:
         Resolved the way the connection was: ssh_config aliases, ports and known_hosts files.
         """
         try:
-            options = asyncssh.SSHClientConnectionOptions(**self._connect_args())
+            options = self._options()
             files = options.known_hosts
             if files is None:
                 files = [str(Path("~/.ssh/known_hosts").expanduser())]
@@ -200,10 +200,15 @@ class SshSession:
 
     def target(self) -> tuple[str, int] | None:
         """Host name and port the connection went to after ssh_config (None: a proxy's)."""
-        options = asyncssh.SSHClientConnectionOptions(**self._connect_args())
+        options = self._options()
         if options.tunnel or options.proxy_command:
             return None
         return options.host, options.port
+
+    def _options(self) -> asyncssh.SSHClientConnectionOptions:
+        """The options the connection was made with, ssh_config applied as connect() does
+        (without config=(), SSHClientConnectionOptions skips ~/.ssh/config)."""
+        return asyncssh.SSHClientConnectionOptions(**({"config": ()} | self._connect_args()))
 
     def _connect_args(self) -> dict[str, Any]:
         opts = self.options
@@ -304,7 +309,8 @@ def _ciphers(host: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     Both are OpenSSH's AEAD ciphers; asyncssh's ChaCha20 costs Python work per packet
     (119 MiB/s here) where AES-GCM is one call (190 MiB/s): a first copy moves every byte.
     """
-    algs = asyncssh.SSHClientConnectionOptions(host=host, **kwargs).encryption_algs
+    options = asyncssh.SSHClientConnectionOptions(host=host, **({"config": ()} | kwargs))
+    algs = options.encryption_algs
     if list(algs) != list(asyncssh.encryption.get_default_encryption_algs()):
         return {}  # the user's choice
     gcm = [alg for alg in algs if alg.endswith(b"-gcm@openssh.com")]

@@ -17,9 +17,24 @@ from pathlib import Path
 
 import pytest
 
+from mailmirror.replica.remote import AgentReplica
+from mailmirror.transport.address import Remote
 from mailmirror.transport.keeper import Keeper
+from mailmirror.transport.kept import open_kept, socket_path
+from mailmirror.transport.options import SshOptions
+from mailmirror.transport.protocol import encode_frame
+from mailmirror.transport.ssh import SshSession, _ciphers
 from tests.e2e.conftest import Run
-from tests.e2e.sshkit import current_user, deliver, home_server, maildir, make_cli, ssh_args, view
+from tests.e2e.sshkit import (
+    AGENT_COMMAND,
+    current_user,
+    deliver,
+    home_server,
+    maildir,
+    make_cli,
+    ssh_args,
+    view,
+)
 from tests.ssh.sshrig import Sshd, SshRig
 
 WAIT = 15.0
@@ -212,3 +227,62 @@ def test_only_the_same_user_is_served() -> None:
     a, b = socket.socketpair()
     with a, b:
         assert _same_user(a) is (os.getuid() == current_user().uid)
+
+
+def test_a_sync_killed_in_the_middle_of_a_frame_does_not_pin_the_keeper(
+        ssh_rig: SshRig, run_dir: Path, world: dict[str, Path], tmp_path: Path) -> None:
+    """A killed sync (cron's timeout) leaves replies unread and half a request sent: the
+    keeper must end that agent and still leave when its time is up, as an idle one does."""
+    deliver(world["local"], "1700000000.M1P1.laptop")
+    sync(tmp_path, ssh_rig, run_dir, world["local"], "mailhost:Maildir", keep="2")
+    wait_for("keeper", lambda: answering(run_dir))
+    (pid,) = keeper_pids(run_dir)
+    (path,) = (run_dir / "mailmirror").glob("*.sock")
+    channel = open_kept(path, AGENT_COMMAND, "Maildir", "mailhost", 10, 10)
+    assert channel is not None
+    AgentReplica(channel, "mailhost:Maildir")
+    channel.sock.sendall(encode_frame({"id": 2, "op": "stamps"}))
+    time.sleep(0.5)  # its reply now waits, unread, in this end's buffer
+    channel.sock.sendall(encode_frame({"id": 3, "op": "stamps"})[:7])
+    channel._reader.close()  # as the kernel closes a killed process's socket: with unread
+    channel.sock.close()  # data, so the keeper's reads fail (ECONNRESET)
+    wait_for("keeper gone", lambda: not Path(f"/proc/{pid}").exists()
+             or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z")
+
+
+def test_a_changed_included_ssh_config_file_renames_the_socket(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repointing an alias in a file that ssh_config includes is an edit like any other."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    config, hosts = tmp_path / "config", tmp_path / "hosts.d" / "mail.conf"
+    hosts.parent.mkdir()
+    config.write_text(f"Include {hosts.parent}/*.conf\n")
+    hosts.write_text("Host mailhost\n  HostName 192.0.2.10\n")
+    remote, options = Remote("mailhost", "Maildir"), SshOptions(config=config)
+    before = socket_path(remote, options)
+    assert socket_path(remote, options) == before
+    hosts.write_text("Host mailhost\n  HostName 198.51.100.20\n")
+    assert socket_path(remote, options) != before
+    known = tmp_path / "kh"
+    config.write_text(f"Include {hosts.parent}/*.conf\nUserKnownHostsFile {known}\n")
+    named = socket_path(remote, options)
+    known.write_text("mailhost ssh-ed25519 AAAA\n")
+    assert socket_path(remote, options) != named
+
+
+def test_ssh_config_in_the_home_decides_the_address_checked_and_the_ciphers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --ssh-config, ~/.ssh/config applies to the keeper's DNS check and to the
+    cipher preference as it does to the connection itself."""
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(
+        "Host mailhost\n  HostName 192.0.2.7\n  Port 2222\n  Ciphers aes128-ctr\n"
+        "Host jumped\n  ProxyJump mailhost\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    session = SshSession.__new__(SshSession)  # the address only: nothing is connected
+    session.options = SshOptions()
+    for host, target in (("mailhost", ("192.0.2.7", 2222)), ("jumped", None)):
+        session.remote, session.host = Remote(host, "Maildir"), host
+        assert session.target() == target
+    assert _ciphers("mailhost", {}) == {}  # the user's Ciphers stand
