@@ -88,9 +88,10 @@ class Runner:
         for session in list(self.sessions.values()):
             session.close()
         self.sessions.clear()
-        from mailmirror.transport.kept import start_keeper
+        # a user's Ctrl-C stops everything, keepers included
+        if self.to_keep and (kind is None or not issubclass(kind, KeyboardInterrupt)):
+            from mailmirror.transport.kept import start_keeper
 
-        if kind is None or not issubclass(kind, KeyboardInterrupt):  # a user's stop stops all
             for path, (remote, options, agents) in self.to_keep.items():
                 start_keeper(path, remote, options, self.settings.keep_connection, agents)
         self.to_keep.clear()

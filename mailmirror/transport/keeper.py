@@ -113,9 +113,8 @@ class Keeper:
         inode = os.stat(self.path).st_ino
         for agent in self.agents:
             await self._prepare(agent)
-        ends = {asyncio.ensure_future(self.conn.wait_closed()),
-                asyncio.ensure_future(self.done.wait())}
-        closed, _ = ends
+        closed = asyncio.ensure_future(self.conn.wait_closed())
+        ends = {closed, asyncio.ensure_future(self.done.wait())}
         try:
             while not any(end.done() for end in ends):
                 await asyncio.wait(ends, timeout=min(self.seconds, 5.0))
