@@ -156,9 +156,16 @@ class KeptChannel:
 
     def read_exactly(self, n: int) -> bytes:
         try:
-            return self._reader.read(n)
+            data = self._reader.read(n)
         except TimeoutError:
             raise self._stalled() from None
+        if n and not data:
+            # the keeper closes this end when the agent's output ends, and the kernel when
+            # the keeper is gone: which one, this end cannot tell
+            raise ReplicaError(f"{self.host}: the kept connection ended (its keeper, or the "
+                               "agent behind it, is gone); nothing half-written was "
+                               "published: run the sync again")
+        return data
 
     def _stalled(self) -> ReplicaError:
         return ReplicaError(f"{self.host}: no answer for {self.sock.gettimeout():g} s through "

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from mailmirror.transport.kept import open_kept, socket_path
 from mailmirror.transport.options import SshOptions
 from mailmirror.transport.protocol import encode_frame
 from mailmirror.transport.ssh import SshSession, _ciphers
-from tests.e2e.conftest import Run
+from tests.e2e.conftest import MAILMIRROR, Run
 from tests.e2e.sshkit import (
     AGENT_COMMAND,
     current_user,
@@ -32,10 +33,13 @@ from tests.e2e.sshkit import (
     home_server,
     maildir,
     make_cli,
+    messages,
+    partial_files,
     ssh_args,
     view,
 )
 from tests.ssh.sshrig import Sshd, SshRig
+from tests.ssh.test_ssh_faults import fill
 
 WAIT = 15.0
 
@@ -286,3 +290,44 @@ def test_ssh_config_in_the_home_decides_the_address_checked_and_the_ciphers(
         session.remote, session.host = Remote(host, "Maildir"), host
         assert session.target() == target
     assert _ciphers("mailhost", {}) == {}  # the user's Ciphers stand
+
+
+def test_the_keeper_killed_in_the_middle_of_a_sync_leaves_no_partial_file(
+        ssh_rig: SshRig, run_dir: Path, world: dict[str, Path], tmp_path: Path) -> None:
+    """The connection a sync goes through drops (its keeper killed) while mail is being
+    published: one line, exit 3, no half-written file on either side, and the next sync (it
+    connects itself) copies exactly what is missing."""
+    local, remote = world["local"], world["A"]
+    sync(tmp_path, ssh_rig, run_dir, local, "mailhost:Maildir")
+    wait_for("keeper", lambda: answering(run_dir) and logins(ssh_rig.servers["a"]) == 2)
+    keys = fill(local, 2000, "big", size=5000)
+    cli = make_cli(tmp_path)
+    argv = [MAILMIRROR, "sync", str(local), "mailhost:Maildir", "--state",
+            str(tmp_path / "state.db"), "--json", *ssh_args(ssh_rig), "--keep-connection", "30"]
+    proc = subprocess.Popen(argv, env=cli.env({"XDG_RUNTIME_DIR": str(run_dir)}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    (keeper,) = keeper_pids(run_dir)
+    killed, deadline = False, time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        if count(remote):  # the first batch is being published: drop the link now
+            os.kill(keeper, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.002)
+    out, err = proc.communicate(timeout=60)
+    run = Run(proc.returncode, out.decode(), err.decode())
+    assert killed, f"never caught the sync in the middle (rc {run.rc}): {err!r}"
+    line = run.assert_clean_error(3)
+    assert "mailhost" in line and "kept connection ended" in line, line
+    copied = count(remote)
+    assert 0 < copied < len(keys), f"{copied} of {len(keys)} copied: not cut in the middle"
+    assert partial_files(local) == [] and partial_files(remote) == []
+
+    again = sync(tmp_path, ssh_rig, run_dir, local, "mailhost:Maildir")
+    assert again.json["counts"].get("copy a->b") == len(keys) - copied, again.json
+    assert set(view(remote)) == keys and view(local) == view(remote)
+    assert partial_files(local) == partial_files(remote) == []
+
+
+def count(root: Path) -> int:
+    return sum(len(seen) for seen in messages(root).values())
