@@ -200,6 +200,11 @@ class Live:
                 watcher.start()
             except WatchLimit as exc:
                 self._say_polling(f"{label}: cannot watch for changes ({exc.strerror})")
+            except OSError as exc:
+                # the maildir went away between opening and watching it (a disk unmounted,
+                # a directory renamed): as a dropped connection, reopened with backoff
+                self._post(i, epoch, "lost", f"{label}: cannot watch ({exc.strerror})")
+                return
             else:
                 slot.sources.append(watcher.stop)
                 return
