@@ -188,6 +188,7 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
     from mailmirror.sync.engine import SyncOptions
     from mailmirror.sync.guard import Safety
     from mailmirror.sync.model import Side
+    from mailmirror.transport.options import MAX_KEEP_SECONDS
 
     timeout = None
     safety_options = (safety or Safety()).options()
@@ -212,8 +213,9 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
         if remote is not None:
             raise UsageError("--remote picks one of a profile's remotes: give a profile name")
         jobs = [Job(a, (b,))]
-    if keep_connection is not None and not 0 <= keep_connection <= 86400:
-        raise UsageError(f"--keep-connection must be 0 to 86400 seconds, not {keep_connection:g}")
+    if keep_connection is not None and not 0 <= keep_connection <= MAX_KEEP_SECONDS:
+        raise UsageError(f"--keep-connection must be 0 to {MAX_KEEP_SECONDS} seconds, not "
+                         f"{keep_connection:g}")
     if prefer not in ("a", "b"):
         raise UsageError(f"--prefer must be a or b, not {prefer!r}")
     if layout not in LAYOUTS:

@@ -13,6 +13,7 @@ from pathlib import Path
 from mailmirror.errors import ConfigError
 from mailmirror.maildir.folders import LAYOUTS, MAILDIRPP
 from mailmirror.maildir.names import SEPARATORS
+from mailmirror.transport.options import MAX_KEEP_SECONDS
 
 PROFILE_KEYS = {"a", "b", "local", "remotes", "users", "layout", "separator", "prefer",
                 "remote_command", "ssh_config", "identity", "known_hosts", "timeout",
@@ -96,8 +97,9 @@ def profile_problems(name: str, table: object) -> list[str]:
             or not 0 <= max_delete <= 100):
         problems.append(f"{where}: max_delete must be a percentage from 0 to 100")
     keep = table.get("keep_connection", 0)
-    if not isinstance(keep, int | float) or isinstance(keep, bool) or not 0 <= keep <= 86400:
-        problems.append(f"{where}: keep_connection must be 0 to 86400 seconds")
+    if (not isinstance(keep, int | float) or isinstance(keep, bool)
+            or not 0 <= keep <= MAX_KEEP_SECONDS):
+        problems.append(f"{where}: keep_connection must be 0 to {MAX_KEEP_SECONDS} seconds")
     days = table.get("quarantine_days", 30)
     if not isinstance(days, int) or isinstance(days, bool) or days < 0:
         problems.append(f"{where}: quarantine_days must be a whole number of days (0 or more)")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_AGENT = "mailmirror agent"
+MAX_KEEP_SECONDS = 86400  # --keep-connection and a profile's keep_connection: a day at most
 
 
 @dataclass(frozen=True)
