@@ -1,11 +1,11 @@
 """The keeper behind --keep-connection: one SSH connection held between syncs (see kept.py).
 
 Started by a sync that connected itself (`python -m mailmirror.transport.keeper` in a session
-of its own, the spec as JSON on stdin), it connects the way that sync did, starts one
-agent for each maildir the sync used, and serves its socket: each client names a command and
-a root, gets a ready agent (or a fresh one) and then a plain byte relay to it; a replacement
-agent is started at once for the next client. It exits when no client came for the kept
-seconds, when the connection drops, when its socket or lock is taken from it, or when the
+of its own, the spec as JSON on stdin), it connects the way that sync did, starts one agent
+for each maildir the sync used, and serves its socket: each client names a command and a
+root, gets a ready agent (or a fresh one) and then a plain byte relay to it; once that sync is
+over, a replacement agent is started for the next one. It exits when no client came for the
+kept seconds, when the connection drops, when its socket or lock is taken from it, or when the
 host name no longer leads to the server it is connected to (DNS failover: the next sync
 connects to the new server itself). Failures are silent: the client falls back to connecting.
 """

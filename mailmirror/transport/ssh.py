@@ -206,9 +206,8 @@ class SshSession:
         return options.host, options.port
 
     def _options(self) -> asyncssh.SSHClientConnectionOptions:
-        """The options the connection was made with, ssh_config applied as connect() does
-        (without config=(), SSHClientConnectionOptions skips ~/.ssh/config)."""
-        return asyncssh.SSHClientConnectionOptions(**({"config": ()} | self._connect_args()))
+        """The options the connection was made with."""
+        return _client_options(**self._connect_args())
 
     def _connect_args(self) -> dict[str, Any]:
         opts = self.options
@@ -303,14 +302,19 @@ def _ack_at_once(conn: asyncssh.SSHClientConnection) -> None:
     ack()  # what arrived before this was installed
 
 
+def _client_options(**kwargs: Any) -> asyncssh.SSHClientConnectionOptions:
+    """Connection options with ssh_config applied as connect() applies it (without
+    config=(), SSHClientConnectionOptions skips ~/.ssh/config)."""
+    return asyncssh.SSHClientConnectionOptions(**({"config": ()} | kwargs))
+
+
 def _ciphers(host: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """AES-GCM before ChaCha20 unless ssh_config names its own Ciphers.
 
     Both are OpenSSH's AEAD ciphers; asyncssh's ChaCha20 costs Python work per packet
     (119 MiB/s here) where AES-GCM is one call (190 MiB/s): a first copy moves every byte.
     """
-    options = asyncssh.SSHClientConnectionOptions(host=host, **({"config": ()} | kwargs))
-    algs = options.encryption_algs
+    algs = _client_options(host=host, **kwargs).encryption_algs
     if list(algs) != list(asyncssh.encryption.get_default_encryption_algs()):
         return {}  # the user's choice
     gcm = [alg for alg in algs if alg.endswith(b"-gcm@openssh.com")]
