@@ -50,6 +50,39 @@ def test_sync_through_the_agent_both_ways(tmp_path):
     assert published(a) == published(b) == {**contents, "1800000000.M1P1.far,S=5": b"hello"}
 
 
+def test_a_listing_through_the_agent_is_the_local_one(tmp_path):
+    """Names as the disk has them, non-ASCII and odd bytes included; dot files left out."""
+    root = tmp_path / "m"
+    make_tree(root, 30, 100)
+    create_folder(root, "Empty")
+    odd = ["1700000001.M1P1.h\u00e9,S=3:2,S", "1700000002.M1P1.h\udcff,S=3", ".hidden", "x y"]
+    for name in odd:
+        (root / "cur" / name).write_bytes(b"abc")
+    remote = agent(root)
+    try:
+        listed = remote.list(["INBOX", "Empty"])
+        assert listed == open_local(root).list(["INBOX", "Empty"])
+        assert {f"cur/{n}" for n in odd if n != ".hidden"} <= set(listed["INBOX"])
+        assert "cur/.hidden" not in listed["INBOX"] and listed["Empty"] == []
+        assert remote.list(["INBOX"], ("new",))["INBOX"] == [
+            n for n in listed["INBOX"] if n.startswith("new/")]
+    finally:
+        remote.close()
+
+
+def test_a_file_name_with_a_newline_fails_the_listing_with_its_name(tmp_path):
+    root = tmp_path / "m"
+    make_tree(root, 3, 100)
+    (root / "cur" / "a\nb").write_bytes(b"abc")
+    remote = agent(root)
+    try:
+        with pytest.raises(ReplicaError, match=r"cur/'a\\nb': a file name with a newline"):
+            remote.list(["INBOX"])
+        assert remote.list(["INBOX"], ("new",))  # the agent goes on serving
+    finally:
+        remote.close()
+
+
 def test_listings_fetched_ahead_stay_in_step_with_other_calls(tmp_path):
     """Listing replies wait while later requests (keywords, another listing) are answered."""
     root = tmp_path / "m"
@@ -164,7 +197,12 @@ FAKE = textwrap.dedent("""
         elif op == "stamps":
             send({"id": req["id"], "ok": True, "result": STAMPS})
         elif op == "list":
-            send({"id": req["id"], "ok": True, "result": {f: NAMES for f in req["folders"]}})
+            # per folder one block of names for each subdir asked (docs/protocol.md)
+            blocks = [NAMES.get(s, "").encode("utf-8", "surrogateescape")
+                      for s in (["cur", "new"] if "all" in NAMES else req["subdirs"])]
+            sizes = [len(b) + NAMES.get("lie", 0) for b in blocks]
+            send({"id": req["id"], "ok": True, "result": {f: sizes for f in req["folders"]}},
+                 b"".join(blocks) * len(req["folders"]))
         elif op == "read":
             send({"id": req["id"], "ok": True, "result": [10**12] * len(req["refs"])}, b"x")
         else:
@@ -173,12 +211,14 @@ FAKE = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("stamps,names,complaint", [
-    ({"INBOX": [1, 1], "../../etc": [1, 1]}, [], "folder name"),
-    ({"INBOX": [1, 1]}, ["cur/../../../evil:2,S"], "message name"),
-    ({"INBOX": [1, 1]}, ["cur/a/b"], "message name"),
-    ({"INBOX": [1, 1]}, ["cur/nul\u0000byte"], "message name"),
-    ({"INBOX": [1, 1]}, ["tmp/x"], "message name"),
-    ({"INBOX": [1, 1]}, ["cur/1.M1P1.x,S=5:2,S"], "read reply"),  # huge announced size
+    ({"INBOX": [1, 1], "../../etc": [1, 1]}, {}, "folder name"),
+    ({"INBOX": [1, 1]}, {"cur": "../../../evil:2,S"}, "message name"),
+    ({"INBOX": [1, 1]}, {"cur": "a/b"}, "message name"),
+    ({"INBOX": [1, 1]}, {"cur": "nul\u0000byte"}, "message name"),
+    ({"INBOX": [1, 1]}, {"new": "1.M1P1.x\n\n2.M2P2.x"}, "message name"),  # an empty name
+    ({"INBOX": [1, 1]}, {"cur": "1.M1P1.x:2,S\n.."}, "message name"),
+    ({"INBOX": [1, 1]}, {"cur": "1.M1P1.x:2,S", "lie": 1}, "listing"),  # lengths past the data
+    ({"INBOX": [1, 1]}, {"cur": "1.M1P1.x,S=5:2,S"}, "read reply"),  # huge announced size
 ])
 def test_hostile_agent_is_refused_and_nothing_is_written_outside(tmp_path, stamps, names,
                                                                  complaint):
@@ -200,14 +240,14 @@ def test_hostile_agent_is_refused_and_nothing_is_written_outside(tmp_path, stamp
 
 def test_a_listing_outside_the_subdir_asked_for_is_refused(tmp_path):
     """Asked for new/ only, an agent that answers with cur/ names would make the scan take
-    unchanged messages for new ones."""
+    unchanged messages for new ones: a block for each subdir asked, no more."""
     script = tmp_path / "fake_agent.py"
-    script.write_text(f"STAMPS = {{}}\nNAMES = ['cur/1.M1P1.x:2,S']\n"
+    script.write_text(f"STAMPS = {{}}\nNAMES = {{'cur': '1.M1P1.x:2,S', 'all': 1}}\n"
                       f"PROTOCOL_VERSION = {VERSION}\n" + FAKE)
     remote = AgentReplica(PipeChannel([sys.executable, str(script)]), "fake")
     try:
         assert remote.list(["INBOX"]) == {"INBOX": ["cur/1.M1P1.x:2,S"]}
-        with pytest.raises(ReplicaError, match="invalid message name"):
+        with pytest.raises(ReplicaError, match="invalid listing"):
             remote.list(["INBOX"], ("new",))
     finally:
         remote.channel.close()

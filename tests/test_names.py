@@ -1,72 +1,75 @@
-"""check_relnames (a remote's whole listing at once) must accept and refuse exactly what the
+"""split_names (one block of a remote's listing at once) must accept and refuse exactly what the
 one-name check does, whatever a hostile agent sends."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailmirror.maildir.names import (
-    MAX_NAME,
-    RELNAME_CHUNK,
-    InvalidName,
-    check_name,
-    check_relnames,
-)
+from mailmirror.maildir.names import MAX_NAME, InvalidName, check_name, split_names
 
 
-def one_by_one(relnames: list[str]) -> bool:
-    for relname in relnames:
-        sub, _, name = relname.partition("/")
-        if sub not in ("cur", "new"):
-            return False
+def one_by_one(block: bytes, subdir: str = "cur") -> list[str] | None:
+    """The oracle: every line a valid name (check_name) and no dot file."""
+    if not block:
+        return []
+    names = block.decode("utf-8", "surrogateescape").split("\n")
+    for name in names:
         try:
             check_name(name)
         except InvalidName:
-            return False
-    return True
+            return None
+        if name.startswith("."):
+            return None
+    return [f"{subdir}/{name}" for name in names]
 
 
-def batch(relnames: list[str]) -> bool:
+def batch(block: bytes, subdir: str = "cur") -> list[str] | None:
     try:
-        check_relnames(relnames)
+        return split_names(block, subdir)
     except InvalidName:
-        return False
-    return True
+        return None
 
 
-# names near the edges: separators, control bytes, dots, newlines, the length limit, non-ASCII
-_piece = st.sampled_from(["cur/", "new/", "tmp/", "/", ".", "..", "\n", "\r", "\x00", "\x7f",
-                          "a", "1700000000.M1P1.host", ":2,S", "é", "x" * 250, "cur", ""])
-_relname = st.lists(_piece, max_size=6).map("".join)
+# pieces near the edges: separators, control bytes, dots, newlines, the length limit, non-ASCII
+_piece = st.sampled_from(["/", ".", "..", "\n", "\n.", "\r", "\x00", "\x7f", "a", ":2,S",
+                          "1700000000.M1P1.host", "é", "x" * 250, "cur/", " ", ""])
+_block = st.lists(_piece, max_size=8).map(lambda p: "".join(p).encode("utf-8"))
 
 
 @settings(max_examples=3000, deadline=None)
-@given(st.lists(_relname, max_size=5))
-def test_batch_check_agrees_with_the_one_name_check(relnames: list[str]) -> None:
-    assert batch(relnames) == one_by_one(relnames)
+@given(_block, st.sampled_from(["cur", "new"]))
+def test_block_check_agrees_with_the_one_name_check(block: bytes, subdir: str) -> None:
+    assert batch(block, subdir) == one_by_one(block, subdir)
 
 
-@given(st.lists(st.text(max_size=12).map(lambda t: "cur/" + t), max_size=5))
-def test_batch_check_agrees_on_arbitrary_text(relnames: list[str]) -> None:
-    assert batch(relnames) == one_by_one(relnames)
+@given(st.binary(max_size=40))
+def test_block_check_agrees_on_arbitrary_bytes(block: bytes) -> None:
+    assert batch(block) == one_by_one(block)
+
+
+@given(st.lists(st.text(max_size=12), max_size=5))
+def test_block_check_agrees_on_arbitrary_text(names: list[str]) -> None:
+    block = "\n".join(names).encode("utf-8", "surrogatepass")
+    assert batch(block) == one_by_one(block)
 
 
 def test_limits() -> None:
-    assert batch(["cur/" + "x" * MAX_NAME, "new/.hidden", "cur/..."])
-    assert not batch(["cur/" + "x" * (MAX_NAME + 1)])
-    assert not batch(["cur/" + "é" * 128])  # 256 bytes in UTF-8
-    assert not batch(["cur/a\ncur/b"])  # one name with a newline, not two names
-    assert not batch(["cur/a", 3])  # type: ignore[list-item]
-    assert batch([])
+    assert batch(b"x" * MAX_NAME + b"\nx...\nb", "new") == [
+        "new/" + "x" * MAX_NAME, "new/x...", "new/b"]
+    assert batch(b"a\n" + b"x" * (MAX_NAME + 1)) is None
+    assert batch("é".encode() * 128) is None  # 256 bytes in UTF-8
+    assert batch("é".encode() * 127) == ["cur/" + "é" * 127]
+    assert batch(b"") == []
+    for odd in (b"a\n", b"\na", b"a\n\nb", b".hidden", b"a\n.hidden", b"a\n..", b"a/b",
+                b"a\x00b", b"a\rb"):
+        assert batch(odd) is None, odd
 
 
-@pytest.mark.parametrize("at", [0, RELNAME_CHUNK - 1, RELNAME_CHUNK, 2 * RELNAME_CHUNK + 4])
-def test_a_bad_name_in_any_chunk_is_refused(at: int) -> None:
-    """Long listings are checked RELNAME_CHUNK names at a time: every chunk counts."""
-    relnames = [f"cur/{i}.M1P1.host:2,S" for i in range(2 * RELNAME_CHUNK + 5)]
-    assert batch(relnames)
-    for bad in ("cur/a/b", "cur/..", "tmp/x", "cur/x\ny", "cur/" + "x" * (MAX_NAME + 1),
-                "cur/é\x00"):
-        assert not batch(relnames[:at] + [bad] + relnames[at + 1:]), (at, bad)
+def test_a_bad_name_anywhere_in_a_long_block_is_refused() -> None:
+    names = [f"{i}.M1P1.host:2,S" for i in range(20_005)]
+    assert batch("\n".join(names).encode()) == [f"cur/{n}" for n in names]
+    for at in (0, 9_999, 20_004):
+        for bad in ("a/b", "..", ".x", "", "x" * (MAX_NAME + 1), "é\x00", "a\x1b[31m"):
+            block = "\n".join(names[:at] + [bad] + names[at + 1:]).encode()
+            assert batch(block) is None, (at, bad)

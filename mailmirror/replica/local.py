@@ -111,25 +111,36 @@ class LocalReplica:
              subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> dict[str, list[str]]:
         listing = {}
         for folder in folders:
-            base = folder_dir(self.root, folder, self.layout)
-            link = _link_in(self.root, base)
-            if link is not None:
-                # listing through it would read mail from elsewhere; skipping it would read
-                # as the folder emptied: stop instead
-                raise ReplicaError(f"{link} is a symbolic link: mailmirror never follows one "
-                                   "inside a maildir; replace it with a directory")
             names: list[str] = []
-            for sub in subdirs:
-                if sub not in MESSAGE_SUBDIRS:
-                    raise ValueError(f"not a message subdirectory: {sub!r}")
-                try:
-                    entries = os.listdir(base / sub)
-                except FileNotFoundError:
-                    continue
+            for sub, entries in zip(subdirs, self._entries(folder, subdirs), strict=True):
                 prefix = sub + "/"
                 names.extend(prefix + n for n in entries if n[0] != ".")
             listing[folder] = names
         return listing
+
+    def names(self, folder: str, subdirs: Sequence[str]) -> list[list[str]]:
+        """The file names in each of a folder's `subdirs`, dot files left out: list() without
+        the "SUBDIR/" prefixes, which the agent leaves to its client (docs/protocol.md)."""
+        return [[n for n in entries if n[0] != "."]
+                for entries in self._entries(folder, subdirs)]
+
+    def _entries(self, folder: str, subdirs: Sequence[str]) -> list[list[str]]:
+        base = folder_dir(self.root, folder, self.layout)
+        link = _link_in(self.root, base)
+        if link is not None:
+            # listing through it would read mail from elsewhere; skipping it would read
+            # as the folder emptied: stop instead
+            raise ReplicaError(f"{link} is a symbolic link: mailmirror never follows one "
+                               "inside a maildir; replace it with a directory")
+        out = []
+        for sub in subdirs:
+            if sub not in MESSAGE_SUBDIRS:
+                raise ValueError(f"not a message subdirectory: {sub!r}")
+            try:
+                out.append(os.listdir(base / sub))
+            except FileNotFoundError:
+                out.append([])
+        return out
 
     def listings(self, folders: Sequence[tuple[str, Sequence[str]]]
                  ) -> Iterator[tuple[str, list[str]]]:

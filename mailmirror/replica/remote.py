@@ -17,7 +17,7 @@ from typing import BinaryIO, Protocol, TypeVar
 
 from mailmirror.errors import ReplicaError
 from mailmirror.maildir.folders import InvalidFolder, check_folder
-from mailmirror.maildir.names import MESSAGE_SUBDIRS, InvalidName, check_relnames
+from mailmirror.maildir.names import MESSAGE_SUBDIRS, InvalidName, split_names
 from mailmirror.replica.base import (
     Delivery,
     Message,
@@ -202,8 +202,8 @@ class AgentReplica:
 
     def list(self, folders: Sequence[str],
              subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> dict[str, list[str]]:
-        return self._listing(self._call("list", folders=list(folders), subdirs=list(subdirs)),
-                             folders, subdirs)
+        meta, data = self._exchange("list", folders=list(folders), subdirs=list(subdirs))
+        return self._listing(meta, data, folders, subdirs)
 
     def listings(self, folders: Sequence[tuple[str, Sequence[str]]]
                  ) -> Iterator[tuple[str, list[str]]]:
@@ -222,24 +222,35 @@ class AgentReplica:
             folder, subdirs, rid = waiting.popleft()
             if (following := next(todo, None)) is not None:
                 ask(*following)
-            yield folder, self._listing(self._receive(rid)[0], [folder], subdirs)[folder]
+            meta, data = self._receive(rid)
+            yield folder, self._listing(meta, data, [folder], subdirs)[folder]
 
-    def _listing(self, raw: object, folders: Sequence[str],
+    def _listing(self, meta: object, data: bytes, folders: Sequence[str],
                  subdirs: Sequence[str]) -> dict[str, list[str]]:
-        if not isinstance(raw, dict) or set(raw) != set(folders):
+        """The relnames of a `list` reply: per folder, one block of names for each subdir
+        asked, their lengths in `meta` (docs/protocol.md). The prefixes are ours, so a name
+        can only claim a subdir the client asked for."""
+        if (not isinstance(meta, dict) or set(meta) != set(folders)
+                or not all(isinstance(sizes, list) and len(sizes) == len(subdirs)
+                           and all(type(n) is int and n >= 0 for n in sizes)
+                           for sizes in meta.values())
+                or sum(map(sum, meta.values())) != len(data)):
             raise self._bad("listing")
-        total = 0
-        for names in raw.values():
-            if not isinstance(names, list):
-                raise self._bad("listing")
+        listing: dict[str, list[str]] = {}
+        at = total = 0
+        for folder in dict.fromkeys(folders):  # blocks come in the order asked
+            names: list[str] = []
+            for sub, size in zip(subdirs, meta[folder], strict=True):
+                try:
+                    names += split_names(data[at:at + size], sub)
+                except InvalidName as exc:
+                    raise self._bad(f"message name ({exc})") from None
+                at += size
             total += len(names)
             if total > MAX_LISTED:
                 raise self._bad("listing (too many names)")
-            try:
-                check_relnames(names, subdirs)
-            except InvalidName as exc:
-                raise self._bad(f"message name ({exc})") from None
-        return raw
+            listing[folder] = names
+        return listing
 
     def sizes(self, refs: Sequence[Ref]) -> list[int | None]:
         raw = self._call("sizes", refs=[[r.folder, r.relname] for r in refs])

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-VERSION = 2  # 2: deletions go to the quarantine, prune_quarantine, id without create
+VERSION = 3  # 2: deletions go to the quarantine, prune_quarantine, id without create;
+# 3: listings as blocks of newline-joined names in data, not JSON lists
 PREFIX = struct.Struct(">IQ")
 MAX_HEADER = 64 << 20
 MAX_DATA = 2 << 30

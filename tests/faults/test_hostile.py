@@ -139,21 +139,25 @@ while len(prefix := inp.read(12)) == 12:
     req = json.loads(inp.read(hl)); inp.read(dl)
     rid, op = req["id"], req["op"]
     result = {"hello": {"version": req.get("version")}, "id": "hostile-agent", "clock": 1,
-              "stamps": {f: [1, 1] for f in FOLDERS},
-              "list": {f: NAMES for f in req.get("folders", [])}}.get(op)
+              "stamps": {f: [1, 1] for f in FOLDERS}}.get(op)
+    if op == "list":  # one block of names per folder and subdir asked
+        blocks = [NAMES.get(s, "").encode() for s in req["subdirs"]]
+        result = {f: [len(b) for b in blocks] for f in req["folders"]}
+        send({"id": rid, "ok": True, "result": result}, b"".join(blocks) * len(result))
+        continue
     send({"id": rid, "ok": True, "result": result})
 '''
 
 
 @pytest.mark.parametrize("names,folders", [
-    (["cur/1.M1P1.x\x1b[31m:2,S"], ["INBOX"]),  # a control byte (terminal escape)
-    (["cur/" + "x" * 300], ["INBOX"]),  # longer than a file name can be
-    (["cur/.."], ["INBOX"]),
-    (["new/a\\..\\b"], ["Evil\x07"]),  # a control byte in a folder name
-    ([], ["INBOX", "a/../../b"]),
-    ([], ["INBOX", "/etc"]),
+    ({"cur": "1.M1P1.x\x1b[31m:2,S"}, ["INBOX"]),  # a control byte (terminal escape)
+    ({"cur": "x" * 300}, ["INBOX"]),  # longer than a file name can be
+    ({"cur": ".."}, ["INBOX"]),
+    ({"new": "a\\..\\b"}, ["Evil\x07"]),  # a control byte in a folder name
+    ({}, ["INBOX", "a/../../b"]),
+    ({}, ["INBOX", "/etc"]),
 ])
-def test_hostile_names_from_an_agent_are_refused(tmp_path: Path, names: list[str],
+def test_hostile_names_from_an_agent_are_refused(tmp_path: Path, names: dict[str, str],
                                                  folders: list[str]) -> None:
     script = tmp_path / "fake.py"
     script.write_text(FAKE)

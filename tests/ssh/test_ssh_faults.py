@@ -383,10 +383,14 @@ while True:
         send({"id": rid, "ok": True, "result": time.time_ns()})
     elif op == "stamps":
         send({"id": rid, "ok": True, "result": {"INBOX": [1, 1]}})
-    elif op == "list":
-        names = {"dotdot": ["cur/../../../evil:2,S"], "slash": ["cur/a/b:2,S"],
-                 "nul": ["new/nul\u0000byte"], "huge": ["cur/1700000009.M9P9.fake:2,S"]}[MODE]
-        send({"id": rid, "ok": True, "result": {f: names for f in req["folders"]}})
+    elif op == "list":  # one block of newline-joined names per subdir asked
+        names = {"dotdot": {"cur": "../../../evil:2,S"}, "slash": {"cur": "a/b:2,S"},
+                 "nul": {"new": "nul\u0000byte"}, "huge": {"cur": "1700000009.M9P9.fake:2,S"},
+                 "empty": {"cur": "1700000009.M9P9.fake:2,S\n"}}[MODE]
+        blocks = [names.get(sub, "").encode() for sub in req["subdirs"]]
+        send({"id": rid, "ok": True,
+              "result": {f: [len(b) for b in blocks] for f in req["folders"]}},
+             b"".join(blocks) * len(req["folders"]))
     elif op == "sizes":
         send({"id": rid, "ok": True, "result": [10**12] * len(req["refs"])})
     elif op == "read":
@@ -409,6 +413,7 @@ while True:
     ("dotdot", ["invalid", "name"]),
     ("slash", ["invalid", "name"]),
     ("nul", ["invalid", "name"]),
+    ("empty", ["invalid", "name"]),
     ("huge", ["invalid", "read reply"]),
 ])
 def test_fake_agent_is_refused(mm: Mm, ssh_rig: SshRig, two_sides: tuple[Path, Path],
