@@ -251,7 +251,7 @@ def test_state_migrates_from_v1_keeping_the_base(tmp_path):
     store.conn.execute("INSERT INTO sync_base VALUES (1, 'k1', 'Work', 'cur', 'S', 5, "
                        "'cur/k1:2,S', 'cur/k1:2,S')")
     state = SyncState(store)
-    assert state.base_names(1, "Work", 0) == {"cur/k1:2,S"}
+    assert state.base_names(1, "Work", {0: None}) == {0: {"cur/k1:2,S"}}
     (key, row), = state.base_for(1, ["k1"])
     assert key == "k1" and row.entry == Entry("Work", CUR, frozenset("S"), 5)
 
@@ -275,9 +275,36 @@ def test_base_rows_written_in_several_statements_read_back_exactly(tmp_path, cou
     moved, gone = keys[::3], set(keys[1::3])
     state.write_base(pair_id, [(k, None) for k in gone] + [(k, row(k, "Old")) for k in moved])
     assert state.base_count(pair_id) == count - len(gone)
-    assert state.base_names(pair_id, "Old", 0) == {f"cur/{k}:2,S" for k in moved}
-    assert state.base_names(pair_id, "Work", 1) == {
+    assert state.base_names(pair_id, "Old", {0: None})[0] == {f"cur/{k}:2,S" for k in moved}
+    assert state.base_names(pair_id, "Work", {1: "cur"})[1] == {
         f"cur/{k}:2,S" for k in keys if k not in gone and k not in moved}
+
+
+_SIDE_NAME = st.sampled_from(["cur/k:2,S", "new/k", "cur/k;2,S", "cur/k,U=7:2,S", "new/k,U=7"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(_SIDE_NAME, _SIDE_NAME), max_size=6),
+       wants=st.dictionaries(st.sampled_from([0, 1]), st.sampled_from([None, "cur", "new"]),
+                             min_size=1))
+def test_base_names_of_both_sides_are_each_sides_own(rows, wants):
+    """One walk serves both sides only where their names agree: names that differ (another
+    separator, ,U=, another subdir) anywhere in the folder give each side its own."""
+    from mailmirror.sync.state import BaseRow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        state = SyncState(open_store(Path(tmp) / "s.db"))
+        pair_id = state.pair("a", "b", "A", "B").pair_id
+        named = [(f"m{i}", tuple(n.replace("k", f"m{i}") for n in pair))
+                 for i, pair in enumerate(rows)]
+        state.write_base(pair_id, [(key, BaseRow(Entry("Work", CUR, frozenset(), 1), pair))
+                                   for key, pair in named])
+        state.write_base(pair_id, [("other", BaseRow(Entry("Else", CUR, frozenset(), 1),
+                                                     ("cur/other", "new/other")))])
+        got = state.base_names(pair_id, "Work", wants)
+        assert got == {side: {pair[side] for _, pair in named
+                              if only is None or pair[side].startswith(f"{only}/")}
+                       for side, only in wants.items()}
 
 
 def test_scan_shares_what_names_have_in_common_and_gives_each_name_back(tmp_path):

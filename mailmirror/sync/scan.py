@@ -164,47 +164,49 @@ def scan(
     for s in Side:
         result.listed_count[s] = result.base_count[s] = 0
         result.emptied[s] = set()
-    work = [(folder, s) for folder in sorted(dirty[Side.A] | dirty[Side.B])
-            for s in Side if folder in dirty[s]]
+    folders = sorted(dirty[Side.A] | dirty[Side.B])
     # the base names of the next folder are read (another thread, SQLite without the GIL)
     # while this one is listed
-    known = _ahead(lambda w: state.base_names(pair_id, w[0], idx[w[1]],
-                                              partial[w[1]].get(w[0])), work)
+    known = _ahead(lambda f: state.base_names(
+        pair_id, f, {idx[s]: partial[s].get(f) for s in Side if f in dirty[s]}), folders)
     # a remote side lists its next folders while we compare this one
-    listings = {s: replicas[s].listings([(f, _subdirs(partial[s], f)) for f, side in work
-                                         if side is s and f in stamps[s]])
+    listings = {s: replicas[s].listings([(f, _subdirs(partial[s], f)) for f in folders
+                                         if f in dirty[s] and f in stamps[s]])
                 for s in Side}
     # on an error, the thread is done with the store before we go on
     with closing(known), closing(listings[Side.A]), closing(listings[Side.B]):
-        for (folder, s), known_names in zip(work, known, strict=True):
-            listed = _next_listing(listings[s], folder) if folder in stamps[s] else []
-            now = set(listed)
-            del listed
-            # a base name is the file name on this side, so its key is parsed from it: only
-            # the names that vanished need that, the rest is one C-level set difference
-            result.listed_count[s] += len(now)
-            result.base_count[s] += len(known_names)
-            if known_names and not now and folder in stamps[s] and folder not in partial[s]:
-                result.emptied[s].add(folder)
-            if not now and folder in stamps[s]:
-                empty[s].append(folder)
-            removed = {key_of(parse_name(n[4:], replicas[s].sep).unique): Ref(folder, n)
-                       for n in known_names - now}
-            gone[s].update(removed)
-            candidates.update(removed)
-            current = result.current[s]
-            for relname in now.difference(known_names):
-                parsed = _parse(replicas[s], codec, s, folder, relname, result.invalid,
-                                shared[s])
-                if parsed is None:
-                    continue
-                key, value = parsed
-                if key in current:
-                    loc = value if type(value) is Loc else Loc(value.entry, relname)
-                    result.duplicates.setdefault(s, []).append(loc)
-                    continue
-                current[key] = value
-                candidates.add(key)
+        for folder, by_side in zip(folders, known, strict=True):
+            for s in (s for s in Side if folder in dirty[s]):
+                known_names = by_side[idx[s]]
+                listed = _next_listing(listings[s], folder) if folder in stamps[s] else []
+                now = set(listed)
+                del listed
+                # a base name is the file name on this side, so its key is parsed from it:
+                # only the names that vanished need that, the rest is one C-level set
+                # difference
+                result.listed_count[s] += len(now)
+                result.base_count[s] += len(known_names)
+                if known_names and not now and folder in stamps[s] and folder not in partial[s]:
+                    result.emptied[s].add(folder)
+                if not now and folder in stamps[s]:
+                    empty[s].append(folder)
+                removed = {key_of(parse_name(n[4:], replicas[s].sep).unique): Ref(folder, n)
+                           for n in known_names - now}
+                gone[s].update(removed)
+                candidates.update(removed)
+                current = result.current[s]
+                for relname in now.difference(known_names):
+                    parsed = _parse(replicas[s], codec, s, folder, relname, result.invalid,
+                                    shared[s])
+                    if parsed is None:
+                        continue
+                    key, value = parsed
+                    if key in current:
+                        loc = value if type(value) is Loc else Loc(value.entry, relname)
+                        result.duplicates.setdefault(s, []).append(loc)
+                        continue
+                    current[key] = value
+                    candidates.add(key)
     for s in Side:
         # renamed away while it was listed (IMAP RENAME) and back, a folder keeps its mtimes
         # and lists nothing: a folder that listed nothing is never recorded as matching the

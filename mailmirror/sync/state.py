@@ -212,14 +212,31 @@ class SyncState:
             for folder, side, cur, new, trusted in rows
         }
 
-    def base_names(self, pair_id: int, folder: str, side: int,
-                   subdir: str | None = None) -> set[str]:
-        """The relnames the base holds in `folder` on one side (0 low, 1 high), only those in
-        `subdir` ("cur" or "new") when given.
+    def base_names(self, pair_id: int, folder: str,
+                   wants: dict[int, str | None]) -> dict[int, set[str]]:
+        """The relnames the base holds in `folder` on each side asked (0 low, 1 high): all
+        of them, or only those in the subdir given ("cur" or "new").
 
         Joined inside SQLite and split in C (names never hold a newline): no Python object
         per row, and SQLite works without the GIL, so scan() runs this beside its listing.
+        A message has one name on both sides unless their separators or ,U= fields differ,
+        so when both sides are asked alike and no name in the folder differs, one walk over
+        its rows and one set serve both (shared: callers must not change it).
         """
+        if len(wants) == 2 and wants[0] == wants[1]:
+            only = wants[0]
+            joined, differ = self.conn.execute(
+                "SELECT group_concat(name_low, char(10))"
+                f"{' FILTER (WHERE substr(name_low, 1, 4) = ?)' if only else ''}, "
+                "sum(name_low <> name_high) FROM sync_base WHERE pair_id=? AND folder=?",
+                (*([f"{only}/"] if only else []), pair_id, folder)).fetchone()
+            names = set(joined.split("\n")) if joined else set()
+            if not differ:
+                return {0: names, 1: names}
+            return {0: names, 1: self._names(pair_id, folder, 1, only)}
+        return {side: self._names(pair_id, folder, side, only) for side, only in wants.items()}
+
+    def _names(self, pair_id: int, folder: str, side: int, subdir: str | None) -> set[str]:
         column = ("name_low", "name_high")[side]
         only = f" AND substr({column}, 1, 4) = ?" if subdir else ""
         (joined,) = self.conn.execute(
