@@ -176,7 +176,7 @@ def scan(
     # on an error, the thread is done with the store before we go on
     with closing(known), closing(listings[Side.A]), closing(listings[Side.B]):
         for folder, by_side in zip(folders, known, strict=True):
-            for s in (s for s in Side if folder in dirty[s]):
+            for s in [side for side in Side if folder in dirty[side]]:
                 known_names = by_side[idx[s]]
                 listed = _next_listing(listings[s], folder) if folder in stamps[s] else []
                 now = set(listed)
