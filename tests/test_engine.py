@@ -24,7 +24,7 @@ from mailmirror.store import open_store
 from mailmirror.sync.engine import SyncOptions, sync
 from mailmirror.sync.flags import FlagCodec
 from mailmirror.sync.model import CUR, NEW, Entry, Side
-from mailmirror.sync.scan import scan
+from mailmirror.sync.scan import SCAN_SWITCH_INTERVAL, scan
 from mailmirror.sync.state import SyncState
 from tests.sim import sync_pair
 
@@ -639,3 +639,29 @@ def test_an_empty_folder_made_after_the_first_sync_is_created_on_the_other_side(
     report = sync(open_local(a), open_local(b), state, SyncOptions())
     assert report.counts == {"folder- a": 1}
     assert "Projects" not in list_folders(a)
+
+
+def test_the_scan_gives_the_gil_switch_interval_back(tmp_path, monkeypatch):
+    """The scan shortens the interval while its base-name thread runs (the main thread's
+    listings give the GIL up at every directory entry); whatever it found, it leaves."""
+    import sys
+
+    seen = []
+    monkeypatch.setattr("mailmirror.sync.state.SyncState.base_names",
+                        lambda self, *a, _f=SyncState.base_names: (
+                            seen.append(sys.getswitchinterval()), _f(self, *a))[1])
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in ("INBOX", "Work", "Lists"):
+        create_folder(a, folder)
+    state = SyncState(open_store(tmp_path / "s.db"))
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.004)
+        sync(open_local(a), open_local(b), state, SyncOptions())
+        (a / "cur" / "1.M1P1.x:2,S").write_bytes(b"abc")
+        (b / ".Work" / "cur" / "2.M1P1.x:2,S").write_bytes(b"abc")
+        sync(open_local(a), open_local(b), state, SyncOptions())
+        assert sys.getswitchinterval() == 0.004
+    finally:
+        sys.setswitchinterval(before)
+    assert seen and max(seen) == SCAN_SWITCH_INTERVAL

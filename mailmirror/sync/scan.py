@@ -9,6 +9,7 @@ planner's input. Reads replicas and the state store; changes nothing.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -23,6 +24,11 @@ from mailmirror.sync.state import BaseRow, FolderRow, SyncState
 
 FINE_TICK_NS = 100_000_000
 """Longest a file system with sub-second mtimes keeps one mtime (the kernel's clock tick)."""
+SCAN_SWITCH_INTERVAL = 0.0005
+"""Seconds the base-name thread may hold the GIL while the scan's main thread waits for it
+(Python's default: 0.005). The main thread gives the GIL up at every directory entry it lists
+and every read from the agent, then waited up to the default for the thread's sets: a kept
+delta over SSH took about 5% longer (0.633-0.650 s against 0.610-0.619 s, medians)."""
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -334,19 +340,25 @@ def _next_listing(listings: Iterator[tuple[str, list[str]]], folder: str) -> lis
 def _ahead(fetch: Callable[[_T], _R], items: list[_T]) -> Iterator[_R]:
     """fetch(item) for each item in order, the next one computed in a thread meanwhile.
 
-    At most two results are held, so memory still follows the largest folder.
+    At most two results are held, so memory still follows the largest folder. Meanwhile
+    the GIL switch interval is SCAN_SWITCH_INTERVAL at most.
     """
     if len(items) < 2:
         yield from map(fetch, items)
         return
     from concurrent.futures import ThreadPoolExecutor  # only runs that list two folders
 
-    with ThreadPoolExecutor(1, "mailmirror-scan") as pool:
-        pending = pool.submit(fetch, items[0])
-        for item in items[1:]:
-            done, pending = pending, pool.submit(fetch, item)
-            yield done.result()
-        yield pending.result()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, SCAN_SWITCH_INTERVAL))
+    try:
+        with ThreadPoolExecutor(1, "mailmirror-scan") as pool:
+            pending = pool.submit(fetch, items[0])
+            for item in items[1:]:
+                done, pending = pending, pool.submit(fetch, item)
+                yield done.result()
+            yield pending.result()
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def _parse(replica: Replica, codec: FlagCodec, side: Side, folder: str, relname: str,
