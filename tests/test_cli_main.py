@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +30,45 @@ def test_one_command_behaves_as_the_whole_command_line(args: list[str]) -> None:
 
 def test_every_plain_command_is_covered() -> None:
     assert {"sync", "watch", "status", "agent", "init"} <= set(COMMANDS)
+
+
+LEAVE = """
+import atexit, sys, threading, time
+from pathlib import Path
+from mailmirror.main import leave
+atexit.register(lambda: print("atexit ran", file=sys.stderr))
+if len(sys.argv) > 2:
+    def late() -> None:
+        time.sleep(0.3)
+        Path(sys.argv[2]).write_text("done")
+    threading.Thread(target=late).start()
+print("x" * 200_000, end="")
+print("tail", end="")  # left in the buffer
+code = sys.argv[1]
+leave(int(code) if code.isdigit() else None if code == "none" else code)
+"""
+
+
+@pytest.mark.parametrize(("code", "status", "err"), [
+    ("0", 0, ""), ("3", 3, ""), ("none", 0, ""), ("bad config", 1, "bad config\n")])
+def test_the_quick_exit_keeps_output_status_and_atexit(code: str, status: int,
+                                                       err: str) -> None:
+    # the console entry point ends with leave() (mailmirror/main.py): nothing buffered may
+    # be lost, and the status is sys.exit()'s
+    got = run(LEAVE, code)
+    assert got == (status, "x" * 200_000 + "tail", err + "atexit ran\n")
+
+
+def test_the_quick_exit_waits_for_a_running_thread(tmp_path: Path) -> None:
+    marker = tmp_path / "late"
+    assert run(LEAVE, "0", str(marker))[0] == 0
+    assert marker.read_text() == "done"
+
+
+def test_the_entry_point_exits_with_the_commands_status(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "mailmirror", "sync", "--bogus"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "No such option" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "mailmirror", "status", "--help"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "Usage" in done.stdout
