@@ -70,17 +70,28 @@ def test_a_listing_through_the_agent_is_the_local_one(tmp_path):
         remote.close()
 
 
-def test_a_file_name_with_a_newline_fails_the_listing_with_its_name(tmp_path):
-    root = tmp_path / "m"
-    make_tree(root, 3, 100)
-    (root / "cur" / "a\nb").write_bytes(b"abc")
-    remote = agent(root)
+def test_a_file_name_with_a_newline_is_skipped_as_in_a_local_maildir(tmp_path):
+    """A block cannot hold such a name: the agent sends it apart, the listing holds it as
+    the local one does, and the sync skips and reports it instead of stopping."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    contents = make_tree(b, 3, 100)
+    (b / "cur" / "a\nb").write_bytes(b"abc")
+    (b / "new" / "c\nd:2,S").write_bytes(b"abc")
+    remote = agent(b)
     try:
-        with pytest.raises(ReplicaError, match=r"cur/'a\\nb': a file name with a newline"):
-            remote.list(["INBOX"])
-        assert remote.list(["INBOX"], ("new",))  # the agent goes on serving
+        local = open_local(b).list(["INBOX"])["INBOX"]
+        assert sorted(remote.list(["INBOX"])["INBOX"]) == sorted(local)
+        assert {"cur/a\nb", "new/c\nd:2,S"} <= set(local)
+        assert remote.list(["INBOX"], ("new",))["INBOX"] == [n for n in local
+                                                             if n.startswith("new/")]
+        state = SyncState(open_store(tmp_path / "s.db"))
+        report = sync(open_local(a), remote, state, SyncOptions())
     finally:
         remote.close()
+    assert len(report.skipped) == 2
+    assert all(line.startswith(f"pipe:{b}: INBOX/") and "control byte" in line
+               for line in report.skipped)
+    assert published(a) == contents
 
 
 def test_listings_fetched_ahead_stay_in_step_with_other_calls(tmp_path):

@@ -122,8 +122,13 @@ class AgentReplica:
         return rid
 
     def _receive(self, rid: int) -> tuple[object, bytes]:
-        """The reply to request `rid`. Replies come in request order; those of earlier
-        requests not claimed yet (listings fetched ahead) wait in self._early."""
+        header, data = self._reply(rid)
+        return header.get("result"), data
+
+    def _reply(self, rid: int) -> tuple[dict, bytes]:
+        """The reply to request `rid`: its header and data. Replies come in request order;
+        those of earlier requests not claimed yet (listings fetched ahead) wait in
+        self._early."""
         frame = self._early.pop(rid, None)
         while frame is None:
             frame = self._guard(lambda: read_frame(self.channel.read_exactly))
@@ -144,7 +149,7 @@ class AgentReplica:
             raise ReplicaError(message)
         if header.get("id") != rid:
             raise ReplicaError(f"{self.label}: the agent answered out of order")
-        return header.get("result"), frame.data
+        return header, frame.data
 
     def _guard(self, io: Callable[[], T]) -> T | None:
         """Run one send or receive, turning a broken stream into a ReplicaError (None: the
@@ -202,8 +207,9 @@ class AgentReplica:
 
     def list(self, folders: Sequence[str],
              subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> dict[str, list[str]]:
-        meta, data = self._exchange("list", folders=list(folders), subdirs=list(subdirs))
-        return self._listing(meta, data, folders, subdirs)
+        header, data = self._reply(self._send("list", folders=list(folders),
+                                              subdirs=list(subdirs)))
+        return self._listing(header, data, folders, subdirs)
 
     def listings(self, folders: Sequence[tuple[str, Sequence[str]]]
                  ) -> Iterator[tuple[str, list[str]]]:
@@ -222,20 +228,31 @@ class AgentReplica:
             folder, subdirs, rid = waiting.popleft()
             if (following := next(todo, None)) is not None:
                 ask(*following)
-            meta, data = self._receive(rid)
-            yield folder, self._listing(meta, data, [folder], subdirs)[folder]
+            header, data = self._reply(rid)
+            yield folder, self._listing(header, data, [folder], subdirs)[folder]
 
-    def _listing(self, meta: object, data: bytes, folders: Sequence[str],
+    def _listing(self, header: dict, data: bytes, folders: Sequence[str],
                  subdirs: Sequence[str]) -> dict[str, list[str]]:
         """The relnames of a `list` reply: per folder, one block of names for each subdir
-        asked, their lengths in `meta` (docs/protocol.md). The prefixes are ours, so a name
-        can only claim a subdir the client asked for."""
+        asked, their lengths in the result (docs/protocol.md). The prefixes are ours, so a
+        name can only claim a subdir the client asked for. Names with a newline come apart
+        (`unlisted`); they are listed too, for the scan to skip and report as invalid, as it
+        does in a local maildir."""
+        meta = header.get("result")
         if (not isinstance(meta, dict) or set(meta) != set(folders)
                 or not all(isinstance(sizes, list) and len(sizes) == len(subdirs)
                            and all(type(n) is int and n >= 0 for n in sizes)
                            for sizes in meta.values())
                 or sum(map(sum, meta.values())) != len(data)):
             raise self._bad("listing")
+        unlisted = header.get("unlisted", {})
+        if not isinstance(unlisted, dict) or not all(
+                folder in meta and isinstance(by_sub, dict) and set(by_sub) <= set(subdirs)
+                and all(isinstance(names, list) and all(
+                    isinstance(n, str) and "\n" in n for n in names)
+                    for names in by_sub.values())
+                for folder, by_sub in unlisted.items()):
+            raise self._bad("listing (names apart)")
         listing: dict[str, list[str]] = {}
         at = total = 0
         for folder in dict.fromkeys(folders):  # blocks come in the order asked
@@ -246,6 +263,7 @@ class AgentReplica:
                 except InvalidName as exc:
                     raise self._bad(f"message name ({exc})") from None
                 at += size
+                names += [f"{sub}/{name}" for name in unlisted.get(folder, {}).get(sub, ())]
             total += len(names)
             if total > MAX_LISTED:
                 raise self._bad("listing (too many names)")

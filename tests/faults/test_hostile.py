@@ -130,6 +130,7 @@ def test_unknown_info_suffixes_are_copied_verbatim(tmp_path: Path, kind: str) ->
 FAKE = r'''
 import json, struct, sys
 NAMES, FOLDERS = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+APART = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None  # the reply's "unlisted"
 inp, out = sys.stdin.buffer, sys.stdout.buffer
 def send(h, data=b""):
     raw = json.dumps(h).encode()
@@ -139,35 +140,63 @@ while len(prefix := inp.read(12)) == 12:
     req = json.loads(inp.read(hl)); inp.read(dl)
     rid, op = req["id"], req["op"]
     result = {"hello": {"version": req.get("version")}, "id": "hostile-agent", "clock": 1,
-              "stamps": {f: [1, 1] for f in FOLDERS}}.get(op)
+              "stamps": {f: [1, 1] for f in FOLDERS}, "keywords": {}, "tombstones": {},
+              "prune_quarantine": 0}.get(op)
     if op == "list":  # one block of names per folder and subdir asked
         blocks = [NAMES.get(s, "").encode() for s in req["subdirs"]]
         result = {f: [len(b) for b in blocks] for f in req["folders"]}
-        send({"id": rid, "ok": True, "result": result}, b"".join(blocks) * len(result))
+        send({"id": rid, "ok": True, "result": result, **({"unlisted": APART} if APART else {})},
+             b"".join(blocks) * len(result))
         continue
     send({"id": rid, "ok": True, "result": result})
 '''
 
 
-@pytest.mark.parametrize("names,folders", [
-    ({"cur": "1.M1P1.x\x1b[31m:2,S"}, ["INBOX"]),  # a control byte (terminal escape)
-    ({"cur": "x" * 300}, ["INBOX"]),  # longer than a file name can be
-    ({"cur": ".."}, ["INBOX"]),
-    ({"new": "a\\..\\b"}, ["Evil\x07"]),  # a control byte in a folder name
-    ({}, ["INBOX", "a/../../b"]),
-    ({}, ["INBOX", "/etc"]),
+@pytest.mark.parametrize("names,folders,apart", [
+    ({"cur": "1.M1P1.x\x1b[31m:2,S"}, ["INBOX"], None),  # a control byte (terminal escape)
+    ({"cur": "x" * 300}, ["INBOX"], None),  # longer than a file name can be
+    ({"cur": ".."}, ["INBOX"], None),
+    ({"new": "a\\..\\b"}, ["Evil\x07"], None),  # a control byte in a folder name
+    ({}, ["INBOX", "a/../../b"], None),
+    ({}, ["INBOX", "/etc"], None),
+    # names apart from the blocks are only those a block cannot hold, where asked
+    ({}, ["INBOX"], {"INBOX": {"cur": ["../x"]}}),
+    ({}, ["INBOX"], {"INBOX": {"tmp": ["a\nb"]}}),
+    ({}, ["INBOX"], {"Elsewhere": {"cur": ["a\nb"]}}),
+    ({}, ["INBOX"], {"INBOX": ["a\nb"]}),
+    ({}, ["INBOX"], {"INBOX": {"cur": [["a\nb"]]}}),
 ])
 def test_hostile_names_from_an_agent_are_refused(tmp_path: Path, names: dict[str, str],
-                                                 folders: list[str]) -> None:
+                                                 folders: list[str], apart: object) -> None:
     script = tmp_path / "fake.py"
     script.write_text(FAKE)
     a = maildir(tmp_path / "a")
     before = sorted(tmp_path.rglob("*"))
     remote = AgentReplica(PipeChannel([sys.executable, str(script), json.dumps(names),
-                                       json.dumps(folders)]), "hostile")
+                                       json.dumps(folders), json.dumps(apart)]), "hostile")
     with pytest.raises(ReplicaError, match="invalid"):
         sync(open_local(a), remote, _state(tmp_path), SyncOptions())
     remote.channel.close()
+    new = [p for p in sorted(tmp_path.rglob("*")) if p not in before]
+    assert all(p.name.startswith(("s.db", "mailmirror-")) or p.parent.name == "locks"
+               for p in new), new
+
+
+def test_names_apart_from_an_agent_are_only_ever_skipped(tmp_path: Path) -> None:
+    """A name the agent sends apart (it has a newline) is reported and skipped, never made
+    a path: not even one that climbs out of the maildir."""
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE)
+    a = maildir(tmp_path / "a")
+    before = sorted(tmp_path.rglob("*"))
+    apart = {"INBOX": {"cur": ["../../x\n:2,S", "1.M1P1.h\n,S=3"]}}
+    remote = AgentReplica(PipeChannel([sys.executable, str(script), json.dumps({}),
+                                       json.dumps(["INBOX"]), json.dumps(apart)]), "hostile")
+    report = sync(open_local(a), remote, _state(tmp_path), SyncOptions())
+    remote.channel.close()
+    assert len(report.skipped) == 2 and not report.counts
+    assert all("hostile: INBOX/cur/" in line and "control byte" in line
+               for line in report.skipped)
     new = [p for p in sorted(tmp_path.rglob("*")) if p not in before]
     assert all(p.name.startswith(("s.db", "mailmirror-")) or p.parent.name == "locks"
                for p in new), new
