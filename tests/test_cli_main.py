@@ -65,7 +65,7 @@ def test_the_quick_exit_waits_for_a_running_thread(tmp_path: Path) -> None:
     assert marker.read_text() == "done"
 
 
-def test_the_entry_point_exits_with_the_commands_status(tmp_path: Path) -> None:
+def test_the_entry_point_exits_with_the_commands_status() -> None:
     done = subprocess.run([sys.executable, "-m", "mailmirror", "sync", "--bogus"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "No such option" in done.stderr
