@@ -292,6 +292,39 @@ def test_changed_host_key(mm: Mm, ssh_rig: SshRig, two_sides: tuple[Path, Path],
     assert _trees(laptop, server) == before
 
 
+def _certified_server(rig: SshRig, ca: Path) -> int:
+    """sshd `c`, whose host key carries a certificate signed by `ca`; its port."""
+    host_key = _keygen(rig.base / "host_c")
+    subprocess.run(["ssh-keygen", "-q", "-s", str(ca), "-I", "server-c", "-h", "-n", "127.0.0.1",
+                    str(host_key.with_suffix(".pub"))], check=True, stdin=subprocess.DEVNULL)
+    cert = host_key.parent / f"{host_key.name}-cert.pub"
+    return rig.start("c", extra_config=(f"HostCertificate {cert}",)).port
+
+
+def test_host_certificate_signed_by_a_known_ca(mm: Mm, ssh_rig: SshRig, tmp_path: Path,
+                                               two_sides: tuple[Path, Path]) -> None:
+    """known_hosts holds only `@cert-authority` (OpenSSH certificates, not X.509): accepted."""
+    laptop, server = two_sides
+    ca = _keygen(tmp_path / "host_ca")
+    port = _certified_server(ssh_rig, ca)
+    address = f"ssh://127.0.0.1:{port}"
+    trusted = tmp_path / "known_hosts_ca"
+    trusted.write_text(f"@cert-authority [127.0.0.1]:{port} {ca.with_suffix('.pub').read_text()}")
+    mm.sync(laptop, f"{address}{server}", ssh=ssh_args(ssh_rig, known_hosts=trusted))
+    assert _trees(laptop) == _trees(server)
+    assert len(messages(laptop)) == 2
+
+    stranger = _keygen(tmp_path / "other_ca")
+    untrusted = tmp_path / "known_hosts_other_ca"
+    untrusted.write_text(
+        f"@cert-authority [127.0.0.1]:{port} {stranger.with_suffix('.pub').read_text()}")
+    deliver(laptop, "1700000003.M1P1.laptop")
+    before = _trees(laptop, server)
+    _, line = _error_run(mm, laptop, f"{address}{server}", ssh_args(ssh_rig, known_hosts=untrusted))
+    assert "127.0.0.1" in line and "host key" in line, line
+    assert _trees(laptop, server) == before
+
+
 def test_stalled_connect_ends_in_bounded_time(mm: Mm, ssh_rig: SshRig, tmp_path: Path,
                                               two_sides: tuple[Path, Path]) -> None:
     """A server that accepts TCP but never speaks: the profile's timeout bounds the wait."""

@@ -60,3 +60,23 @@ def test_the_loader_cache_step_answers_like_find_library_for_a_cached_library() 
     import ctypes.util
 
     assert ctypes.util._findSoname_ldconfig("c") == ctypes.util.find_library("c")  # type: ignore[attr-defined]
+
+
+NO_X509 = """
+import json, sys
+import mailmirror.transport.sshlib
+from mailmirror.transport.sshlib import asyncssh
+algs = asyncssh.public_key.get_x509_certificate_algs()
+print(json.dumps({"x509_algs": [a.decode() for a in algs],
+                  "loaded": sorted(m for m in sys.modules if m.startswith("cryptography.x509")),
+                  "left_blocked": [m for m, v in sys.modules.items() if v is None]}))
+"""
+
+
+def test_asyncssh_comes_without_x509_and_nothing_stays_blocked() -> None:
+    out = subprocess.run([sys.executable, "-c", NO_X509], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    got = json.loads(out)
+    assert got["x509_algs"] == []
+    assert got["loaded"] == []
+    assert got["left_blocked"] == []
