@@ -441,6 +441,46 @@ class TestReplicaContract:
         assert replica.add_keywords("Work", ["$Label1"]) == {"a": "$Label1"}
         assert (root / ".Work" / "dovecot-keywords").read_text() == "0 $Label1\n"
 
+    # -- symbolic links ------------------------------------------------------------------
+    @pytest.mark.parametrize("link", [".Evil", ".Evil/cur"])
+    def test_nothing_acts_through_a_symbolic_link(self, opener: Opener, root: Path,
+                                                  link: str) -> None:
+        """A folder, or its cur/, that is a link to a maildir folder outside the root: no
+        operation lists, reads, writes, renames, deletes or removes anything through it."""
+        outside = root.parent / "outside"
+        secret = f"{MSG}:2,S"
+        put(outside, f"cur/{secret}", b"not yours")
+        for sub in ("new", "tmp"):
+            (outside / sub).mkdir()
+        (outside / "maildirfolder").write_text("")
+        (outside / "dovecot-keywords").write_text("0 secret\n")
+        opener(root)  # creates the maildir
+        if link == ".Evil":
+            (root / ".Evil").symlink_to(outside)
+        else:
+            for sub in ("new", "tmp"):
+                (root / ".Evil" / sub).mkdir(parents=True)
+            (root / ".Evil" / "cur").symlink_to(outside / "cur")
+        replica = opener(root)
+        before = {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()}
+        inside = Ref("Evil", f"cur/{secret}")
+        with pytest.raises((ValueError, ReplicaError)):
+            replica.list(["Evil"])
+        with pytest.raises(ValueError):
+            replica.keywords("Evil")
+        with pytest.raises(ValueError):
+            replica.add_keywords("Evil", ["$Label1"])
+        assert not isinstance(replica.read([inside])[0], Message)
+        assert replica.sizes([inside]) == [None]
+        assert not replica.deliver([Delivery(Ref("Evil", "cur/2.M2P2.host:2,S"), b"x")])[0].ok
+        assert not replica.rename([Rename(inside, Ref("INBOX", f"cur/{secret}"))])[0].ok
+        assert not replica.delete([inside])[0].ok
+        assert replica.remove_folder("Evil") is False
+        assert {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()} == before
+        assert sorted(os.listdir(outside)) == ["cur", "dovecot-keywords", "maildirfolder", "new",
+                                               "tmp"]
+        assert os.listdir(root / "cur") == []
+
     # -- tombstones -----------------------------------------------------------------------
     def test_tombstones_are_remembered_across_opens(self, opener: Opener, root: Path) -> None:
         replica = opener(root)

@@ -156,10 +156,10 @@ class LocalReplica:
         return out
 
     def keywords(self, folder: str) -> dict[str, str]:
-        return kw.read_keywords(folder_dir(self.root, folder, self.layout))
+        return kw.read_keywords(Path(self._dir(folder)))
 
     def add_keywords(self, folder: str, names: Iterable[str]) -> dict[str, str]:
-        return kw.add_keywords(folder_dir(self.root, folder, self.layout), set(names))
+        return kw.add_keywords(Path(self._dir(folder)), set(names))
 
     def create_folder(self, folder: str) -> None:
         self._dir(folder)  # refuses a symbolic link in the way
@@ -201,6 +201,8 @@ class LocalReplica:
         if folder == INBOX:
             return False
         path = folder_dir(self.root, folder, self.layout)
+        if _link_in(self.root, path) is not None:
+            return False  # what it leads to is outside the maildir, or may be
         try:
             if any(os.listdir(path / sub) for sub in ("cur", "new", "tmp")):
                 return False

@@ -85,6 +85,7 @@ class SftpReplica:
         self._host = os.uname().nodename.replace("/", "_").replace(":", "_")
         self._serial = 0
         self._cleaned: set[str] = set()
+        self._checked: dict[str, PurePosixPath] = {}  # folders found free of symbolic links
         self._offset_s: float | None = None  # remote clock minus ours, from the last clock_ns
 
     # -- the Replica protocol ------------------------------------------------------------
@@ -125,10 +126,16 @@ class SftpReplica:
         return self._run(self._gather(self._size(ref) for ref in refs))
 
     def keywords(self, folder: str) -> dict[str, str]:
-        return self._run(self._keywords(self._dir(folder)))
+        async def read() -> dict[str, str]:
+            return await self._keywords(await self._checked_dir(folder))
+
+        return self._run(read())
 
     def add_keywords(self, folder: str, names: Iterable[str]) -> dict[str, str]:
-        return self._run(self._add_keywords(self._dir(folder), set(names)))
+        async def add() -> dict[str, str]:
+            return await self._add_keywords(await self._checked_dir(folder), set(names))
+
+        return self._run(add())
 
     def tombstones(self, keys: Sequence[str]) -> dict[str, Entry]:
         if not keys:
@@ -146,7 +153,7 @@ class SftpReplica:
     def remove_folder(self, folder: str) -> bool:
         if folder == INBOX:
             return False
-        return self._run(self._remove_folder(self._dir(folder)))
+        return self._run(self._remove_folder(folder))
 
     def read(self, refs: Sequence[Ref]) -> list[Message | Result]:
         return self._run(self._gather(self._read(ref) for ref in refs))
@@ -205,9 +212,36 @@ class SftpReplica:
         # folder_dir only joins (it touches no disk): give it our POSIX path as a Path
         return _folder_dir(self.root, folder, self.layout)
 
-    def _path(self, ref: Ref) -> bytes:
+    async def _checked_dir(self, folder: str) -> PurePosixPath:
+        """The folder's directory, validated once per run, as LocalReplica._dir does.
+
+        ValueError for a symbolic link on the way (the folder, a parent below the root, or its
+        cur/ new/ tmp/): sftp-server follows links, which could lead out of the root. Known
+        race: a link made after this check is followed; only the maildir's owner can make one.
+        """
+        path = self._checked.get(folder)
+        if path is None:
+            base = self._dir(folder)
+            parts = base.relative_to(self.root).parts
+            steps = [self.root.joinpath(*parts[:n]) for n in range(1, len(parts) + 1)]
+            steps += [base / sub for sub in SUBDIRS]
+            found = await self._gather(self._lstat(step) for step in steps)
+            for step, attrs in zip(steps, found, strict=True):
+                if attrs is not None and attrs.type == asyncssh.FILEXFER_TYPE_SYMLINK:
+                    raise ValueError(f"{step} is a symbolic link: mailmirror never follows one "
+                                     "inside a maildir")
+            path = self._checked[folder] = base
+        return path
+
+    async def _path(self, ref: Ref) -> bytes:
         sub, name = split_relname(ref.relname)
-        return _b(self._dir(ref.folder) / sub / name)
+        return _b(await self._checked_dir(ref.folder) / sub / name)
+
+    async def _lstat(self, path: PurePosixPath) -> asyncssh.SFTPAttrs | None:
+        try:
+            return await self.sftp.lstat(_b(path))
+        except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPPermissionDenied):
+            return None
 
     async def _exists(self, path: bytes) -> bool:
         try:
@@ -348,7 +382,16 @@ class SftpReplica:
         return found + [item for level in deeper for item in level]
 
     async def _list(self, folders: Sequence[str], subdirs: Sequence[str]) -> dict[str, list[str]]:
-        paths = [(folder, sub, self._dir(folder) / sub) for folder in folders for sub in subdirs]
+        for folder in folders:
+            self._dir(folder)  # an invalid name stays a ValueError
+        try:
+            dirs = await self._gather(self._checked_dir(folder) for folder in folders)
+        except ValueError as exc:
+            # listing through it would read mail from elsewhere; skipping it would read as
+            # the folder emptied: stop instead
+            raise ReplicaError(f"{self.label}: {exc}; replace it with a directory") from None
+        paths = [(folder, sub, path / sub) for folder, path in zip(folders, dirs, strict=True)
+                 for sub in subdirs]
         names = await self._gather(self._listdir(p) for _, _, p in paths)
         listing: dict[str, list[str]] = {folder: [] for folder in folders}
         for (folder, sub, _), entries in zip(paths, names, strict=True):
@@ -362,7 +405,7 @@ class SftpReplica:
             return []
 
     async def _create_folder(self, folder: str) -> None:
-        path = self._dir(folder)
+        path = await self._checked_dir(folder)  # refuses a symbolic link in the way
         if self.layout == FS and folder != INBOX:
             parts = folder.split("/")
             for depth in range(1, len(parts)):
@@ -384,7 +427,11 @@ class SftpReplica:
             if attrs is None or attrs.type != asyncssh.FILEXFER_TYPE_DIRECTORY:
                 raise
 
-    async def _remove_folder(self, path: PurePosixPath) -> bool:
+    async def _remove_folder(self, folder: str) -> bool:
+        try:
+            path = await self._checked_dir(folder)
+        except ValueError:
+            return False  # what a link leads to is outside the maildir, or may be
         try:
             listed = await self._gather(self.sftp.listdir(_b(path / sub)) for sub in SUBDIRS)
             if any(n not in (b".", b"..") for names in listed for n in names):
@@ -492,7 +539,7 @@ class SftpReplica:
     # -- messages ------------------------------------------------------------------------
     async def _size(self, ref: Ref) -> int | None:
         try:
-            return (await self.sftp.lstat(self._path(ref))).size
+            return (await self.sftp.lstat(await self._path(ref))).size
         except ValueError:
             return None
         except asyncssh.SFTPError as exc:
@@ -501,7 +548,7 @@ class SftpReplica:
 
     async def _read(self, ref: Ref) -> Message | Result:
         try:
-            path = self._path(ref)
+            path = await self._path(ref)
             # lstat first: sftp-server would block on opening a FIFO and follows symlinks
             attrs = await self.sftp.lstat(path)
             if attrs.type != asyncssh.FILEXFER_TYPE_REGULAR:
@@ -526,7 +573,7 @@ class SftpReplica:
         for folder in {item.target.folder for item in items} - self._cleaned:
             self._cleaned.add(folder)
             try:
-                await self._remove_stale_tmp(self._dir(folder) / "tmp")
+                await self._remove_stale_tmp(await self._checked_dir(folder) / "tmp")
             except asyncssh.SFTPError as exc:
                 _reraise_lost(exc)  # an unreadable tmp/ fails each delivery below
             except ValueError:
@@ -540,7 +587,7 @@ class SftpReplica:
         """Write one message into tmp/ and fsync it, then publish it: its data is on disk
         before its name appears. Returns the result and the directory that got the name."""
         try:
-            target = self._path(item.target)
+            target = await self._path(item.target)
             tmp = self._tmp_path(item.target.folder)
             await self._write_new(tmp, item.data, item.mtime_ns)
         except asyncssh.SFTPOpUnsupported:
@@ -586,7 +633,7 @@ class SftpReplica:
 
     async def _rename(self, item: Rename) -> Result:
         try:
-            source, target = self._path(item.source), self._path(item.target)
+            source, target = await self._path(item.source), await self._path(item.target)
             await self.sftp.rename(source, target)  # no clobber: see _publish
             return OK
         except ValueError as exc:
@@ -609,7 +656,7 @@ class SftpReplica:
 
         async def one(ref: Ref) -> tuple[Result, PurePosixPath | None]:
             try:
-                source = self._path(ref)
+                source = await self._path(ref)
                 target = quarantine.entry_path(qdir, day, ref.folder, ref.relname)
                 if not await self._exists(source):
                     return Result(Outcome.GONE), None

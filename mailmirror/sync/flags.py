@@ -75,14 +75,13 @@ class FlagCodec:
         letters = [f for f in flags if len(f) == 1 and f in SYSTEM_FLAGS]
         names = {f for f in flags if f not in SYSTEM_FLAGS}
         if names:
-            mapping = self._map(side, folder)
-            by_name = {n: letter for letter, n in mapping.items()}
-            if not names <= by_name.keys() and not self._opaque.get((side, folder)):
-                # letters with no name are in use here: a new letter could collide with them
-                mapping = self.replicas[side].add_keywords(folder, names)
-                self._maps[(side, folder)] = mapping
-                self._decoded = {k: v for k, v in self._decoded.items() if k[:2] != (side, folder)}
-                by_name = {n: letter for letter, n in mapping.items()}
+            try:
+                by_name = self._letters(side, folder, names)
+            except (OSError, ValueError) as exc:
+                # e.g. the folder is a symbolic link, which its deliveries refuse too
+                self.problems.append(f"keywords of {folder} on {self.replicas[side].label}: "
+                                     f"{exc}: left unset there")
+                return sort_letters("".join(letters))
             for name in sorted(names):
                 if name in by_name:
                     letters.append(by_name[name])
@@ -91,3 +90,15 @@ class FlagCodec:
                         f"keyword {name!r} has no free letter in {folder} on "
                         f"{self.replicas[side].label}: left unset there")
         return sort_letters("".join(letters))
+
+    def _letters(self, side: Side, folder: str, names: set[str]) -> dict[str, str]:
+        """name -> letter in this folder, with letters added for the names missing."""
+        mapping = self._map(side, folder)
+        by_name = {n: letter for letter, n in mapping.items()}
+        if not names <= by_name.keys() and not self._opaque.get((side, folder)):
+            # letters with no name are in use here: a new letter could collide with them
+            mapping = self.replicas[side].add_keywords(folder, names)
+            self._maps[(side, folder)] = mapping
+            self._decoded = {k: v for k, v in self._decoded.items() if k[:2] != (side, folder)}
+            by_name = {n: letter for letter, n in mapping.items()}
+        return by_name

@@ -124,3 +124,27 @@ def test_a_lost_session_is_a_replica_error(ssh_rig: SshRig, tmp_path: Path) -> N
         for call in (remote.stamps, lambda: remote.list(["INBOX"]), lambda: remote.id):
             with pytest.raises(ReplicaError, match="connection lost"):
                 call()
+
+
+def test_a_symlinked_cur_on_the_sftp_side_stops_the_run(
+        link: tuple[LoopThread, asyncssh.SFTPClient], tmp_path: Path) -> None:
+    """sftp-server follows links: a cur/ that became one (leading outside the maildir) must
+    stop the run, not be listed (its mail would be copied in) nor read as emptied (the other
+    side's mail would go to the quarantine)."""
+    loop, sftp = link
+    a, b, outside = tmp_path / "a", tmp_path / "b", tmp_path / "outside"
+    fill(a, 6, "mine")
+    (outside / "cur").mkdir(parents=True)
+    (outside / "cur" / "1600000000.M1P1.secret:2,S").write_bytes(b"Subject: not yours\n\n")
+    state = SyncState(open_store(tmp_path / "s.db"))
+    converge(a, b, open_sftp(sftp, loop.loop, str(b)), state)
+    work = folder_dir(b, "Work") / "cur"
+    for name in os.listdir(work):
+        os.unlink(work / name)
+    work.rmdir()
+    work.symlink_to(outside / "cur")
+    before = snapshot(a)
+    with pytest.raises(ReplicaError, match="symbolic link"):
+        sync(open_local(a), open_sftp(sftp, loop.loop, str(b)), state, SyncOptions())
+    assert snapshot(a) == before
+    assert os.listdir(outside / "cur") == ["1600000000.M1P1.secret:2,S"]
