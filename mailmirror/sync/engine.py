@@ -302,8 +302,25 @@ class _Executor:
             self._renames(s, renames[s])
             self._deletes(s, deletes[s])
         self._flush_base()
-        self._copies(copies)
+        self._copies(self._unfailed(copies))
         self._flush_base()
+
+    def _unfailed(self, copies: list[tuple[int, Copy]]) -> list[tuple[int, Copy]]:
+        """The copies whose decision has not failed yet; the others fail without acting.
+
+        A split (same key, different content) renames one side's message to a fresh key,
+        then copies the other's under the key: when a mail client renamed that message
+        meanwhile, the Rekey fails and the copy would give the side two messages under one
+        key, one of which the next run could spread as a duplicate. The next run splits again.
+        """
+        kept = []
+        for i, action in copies:
+            if i in self.failed:
+                self._done(i, action, Result(Outcome.FAILED, "not copied, as another step of "
+                                             "the same change failed: retried next run"))
+            else:
+                kept.append((i, action))
+        return kept
 
     def forget(self, keys: list[str]) -> None:
         """Drop what the scan held for keys whose slice is done (memory of a first sync)."""

@@ -17,6 +17,11 @@ import time
 from pathlib import Path
 from typing import Self
 
+from mailmirror.replica.base import Rename, Result
+from mailmirror.replica.local import LocalReplica, open_local
+from mailmirror.store import open_store
+from mailmirror.sync.engine import SyncOptions, sync
+from mailmirror.sync.state import SyncState
 from tests.e2e.conftest import MAILMIRROR
 from tests.e2e.sshkit import deliver, maildir, messages
 
@@ -351,3 +356,36 @@ def test_a_folder_renamed_back_and_forth_on_both_sides_during_syncs(tmp_path: Pa
     _quiet_syncs(tmp_path, a, b)
     assert_converged(a, b, keys)
     assert len(renames.renamed) >= 10
+
+
+class ClientFlagsFirst(LocalReplica):
+    """A mail client marks each message read just before the sync renames it (INBOX only)."""
+
+    def rename(self, items: list[Rename]) -> list[Result]:
+        for item in items:
+            source = self.root / item.source.relname
+            os.rename(source, f"{source}S")
+        return super().rename(items)
+
+
+def test_a_split_whose_rename_a_client_beat_copies_nothing(tmp_path: Path) -> None:
+    """Same key, different content on both sides: the sync renames B's message to a fresh
+    key and copies A's under the key. When a client renamed B's message first, the rename
+    fails, and the copy must not run: B would hold two messages under one key, and the next
+    run could give the wrong one the fresh key and spread a message twice."""
+    a, b = maildir(tmp_path / "a"), maildir(tmp_path / "b")
+    key = "1700000000.M1P1.host"
+    deliver(a, key, "INBOX", "cur", "", 15)
+    deliver(b, key, "INBOX", "cur", "", 40)
+    ours, theirs = (next((r / "cur").iterdir()).read_bytes() for r in (a, b))
+    state = SyncState(open_store(tmp_path / "s.db"))
+    report = sync(open_local(a), ClientFlagsFirst(b), state, SyncOptions())
+    assert report.counts == {}, report.counts
+    assert [n.split(":")[0] for n in os.listdir(b / "cur")] == [key]
+    assert [n.split(":")[0] for n in os.listdir(a / "cur")] == [key]
+    for _ in range(2):
+        sync(open_local(a), open_local(b), state, SyncOptions())
+    for root in (a, b):
+        contents = sorted(m.get_payload(decode=True) or b"" for m in mailbox.Maildir(root))
+        assert len(contents) == 2, (root, contents)
+        assert sorted(p.read_bytes() for p in (root / "cur").iterdir()) == sorted([ours, theirs])
