@@ -61,7 +61,9 @@ def test_a_listing_through_the_agent_is_the_local_one(tmp_path):
     remote = agent(root)
     try:
         listed = remote.list(["INBOX", "Empty"])
-        assert listed == open_local(root).list(["INBOX", "Empty"])
+        local = open_local(root).list(["INBOX", "Empty"])
+        # the name that is not UTF-8 travels apart, after the others
+        assert {f: sorted(n) for f, n in listed.items()} == {f: sorted(n) for f, n in local.items()}
         assert {f"cur/{n}" for n in odd if n != ".hidden"} <= set(listed["INBOX"])
         assert "cur/.hidden" not in listed["INBOX"] and listed["Empty"] == []
         assert remote.list(["INBOX"], ("new",))["INBOX"] == [

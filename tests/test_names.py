@@ -3,10 +3,17 @@ one-name check does, whatever a hostile agent sends."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailmirror.maildir.names import MAX_NAME, InvalidName, check_name, split_names
+from mailmirror.maildir.names import (
+    MAX_NAME,
+    InvalidName,
+    check_name,
+    is_listable,
+    split_names,
+)
 
 
 def one_by_one(block: bytes, subdir: str = "cur") -> list[str] | None:
@@ -73,3 +80,16 @@ def test_a_bad_name_anywhere_in_a_long_block_is_refused() -> None:
         for bad in ("a/b", "..", ".x", "", "x" * (MAX_NAME + 1), "é\x00", "a\x1b[31m"):
             block = "\n".join(names[:at] + [bad] + names[at + 1:]).encode()
             assert batch(block) is None, (at, bad)
+
+
+def test_names_that_are_not_utf8_are_refused_and_travel_apart() -> None:
+    """The state store keeps names as UTF-8 text: such a name is skipped and reported; an agent
+    sends it apart from its blocks, with the names holding a newline."""
+    assert batch(b"1700000000.M1P1.h\xffst:2,S") is None
+    assert batch(b"a\n1700000000.M1P1.h\xffst") is None
+    for odd in ("1700000000.M1P1.h\udcffst", "a\nb", "x\ud800"):
+        assert not is_listable(odd)
+    for fine in ("1700000000.M1P1.h\u00e9st:2,S", ".hidden", "a b"):
+        assert is_listable(fine)
+    with pytest.raises(InvalidName, match="not UTF-8"):
+        check_name("1700000000.M1P1.h\udcffst:2,S")

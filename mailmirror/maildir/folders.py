@@ -38,6 +38,11 @@ def check_folder(folder: str, layout: str = MAILDIRPP) -> None:
             raise InvalidFolder(f"invalid folder name {folder!r}")
         if any(ord(c) < 32 for c in part):
             raise InvalidFolder(f"folder name {folder!r} contains a control byte")
+        if not part.isascii():
+            try:
+                part.encode("utf-8")
+            except UnicodeEncodeError:  # the state store could not record it
+                raise InvalidFolder(f"folder name {folder!r} is not UTF-8") from None
         if layout == MAILDIRPP and "." in part:
             raise InvalidFolder(f"folder name {folder!r} has a '.', which Maildir++ cannot store")
     if layout == FS and parts[-1] in SUBDIRS:

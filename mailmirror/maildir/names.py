@@ -57,12 +57,28 @@ def key_of(unique: str) -> str:
 
 
 def check_name(name: str) -> None:
-    """Raise InvalidName for a name that must never be turned into a path."""
-    size = len(name) if name.isascii() else len(name.encode("utf-8", "surrogateescape"))
+    """Raise InvalidName for a name that must never be turned into a path, or that the state
+    store could not record (not UTF-8: such a name would stop every run after its copies)."""
+    try:
+        size = len(name) if name.isascii() else len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidName(f"message file name {name!r} is not UTF-8") from None
     if not name or name in (".", "..") or size > MAX_NAME:
         raise InvalidName(f"invalid message file name {name!r}")
     if _FORBIDDEN.search(name):
         raise InvalidName(f"message file name {name!r} contains a separator or control byte")
+
+
+def is_listable(name: str) -> bool:
+    """Whether a name can travel in a newline-separated UTF-8 block (the agent's `list`
+    reply, docs/protocol.md): the others go apart, for the client to report as invalid."""
+    if "\n" in name:
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def split_relname(relname: str, subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> tuple[str, str]:

@@ -17,7 +17,7 @@ from typing import BinaryIO, Protocol, TypeVar
 
 from mailmirror.errors import ReplicaError
 from mailmirror.maildir.folders import InvalidFolder, check_folder
-from mailmirror.maildir.names import MESSAGE_SUBDIRS, InvalidName, split_names
+from mailmirror.maildir.names import MESSAGE_SUBDIRS, InvalidName, is_listable, split_names
 from mailmirror.replica.base import (
     Delivery,
     Message,
@@ -235,7 +235,8 @@ class AgentReplica:
                  subdirs: Sequence[str]) -> dict[str, list[str]]:
         """The relnames of a `list` reply: per folder, one block of names for each subdir
         asked, their lengths in the result (docs/protocol.md). The prefixes are ours, so a
-        name can only claim a subdir the client asked for. Names with a newline come apart
+        name can only claim a subdir the client asked for. Names a block cannot carry (a
+        newline, not UTF-8) come apart
         (`unlisted`); they are listed too, for the scan to skip and report as invalid, as it
         does in a local maildir."""
         meta = header.get("result")
@@ -249,7 +250,7 @@ class AgentReplica:
         if not isinstance(unlisted, dict) or not all(
                 folder in meta and isinstance(by_sub, dict) and set(by_sub) <= set(subdirs)
                 and all(isinstance(names, list) and all(
-                    isinstance(n, str) and "\n" in n for n in names)
+                    isinstance(n, str) and not is_listable(n) for n in names)
                     for names in by_sub.values())
                 for folder, by_sub in unlisted.items()):
             raise self._bad("listing (names apart)")

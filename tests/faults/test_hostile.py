@@ -80,9 +80,12 @@ def test_a_symlinked_folder_is_never_written_through(tmp_path: Path, kind: str) 
     outside = _outside(tmp_path)
     for sub in ("new", "tmp"):
         (outside / sub).mkdir()
+    (outside / "dovecot-keywords").write_text("0 unrelated\n")
     a, b = maildir(tmp_path / "a", "Work"), maildir(tmp_path / "b")
     deliver(a, "1700000000.M1P1.inbox", "INBOX", "cur", "S")
-    deliver(a, "1700000000.M2P1.work", "Work", "cur", "S")
+    # a keyword: its letter on b would need b's Work/dovecot-keywords, behind the link
+    (a / ".Work" / "dovecot-keywords").write_text("0 $Important\n")
+    deliver(a, "1700000000.M2P1.work", "Work", "cur", "Sa")
     os.symlink(outside, b / ".Work")
     before = _snapshot(outside)
     report = sync(open_local(a), _open(b, kind), _state(tmp_path), SyncOptions())
@@ -121,6 +124,32 @@ def test_unknown_info_suffixes_are_copied_verbatim(tmp_path: Path, kind: str) ->
     assert sync(open_local(a), _open(b, kind), state, SyncOptions()).counts == {"copy a->b": 3}
     assert sorted(os.listdir(b / "cur")) == sorted(os.listdir(a / "cur"))
     assert not sync(open_local(a), _open(b, kind), state, SyncOptions()).counts
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_names_that_are_not_utf8_are_skipped_and_the_rest_recorded(tmp_path: Path,
+                                                                   kind: str) -> None:
+    """A message file or folder whose name is not UTF-8 cannot be recorded in the state store:
+    it is reported and left alone, and the run records everything else (before, the run
+    stopped after its copies, with no base written, so deletions were never applied)."""
+    a, b = maildir(tmp_path / "a"), maildir(tmp_path / "b")
+    deliver(b, "1700000000.M1P1.fine", "INBOX", "cur", "S")
+    deliver(b, "1700000000.M2P1.gone", "INBOX", "cur", "S")
+    odd = os.fsencode(b / "cur") + b"/1700000000.M3P1.h\xffst:2,S"
+    with open(odd, "wb") as f:
+        f.write(b"Subject: odd\n\n")
+    odd_folder = os.fsencode(b) + b"/.Caf\xe9"
+    for sub in (b"cur", b"new", b"tmp"):
+        os.makedirs(odd_folder + b"/" + sub)
+    state = _state(tmp_path)
+    report = sync(open_local(a), _open(b, kind), state, SyncOptions())
+    assert report.counts == {"copy b->a": 2}, report.counts
+    assert any("not UTF-8" in s for s in report.skipped), report.skipped
+    os.unlink(a / "cur" / "1700000000.M2P1.gone:2,S")
+    report = sync(open_local(a), _open(b, kind), state, SyncOptions())
+    assert report.counts == {"delete b": 1}, report.counts
+    assert os.path.exists(odd) and os.path.isdir(odd_folder)
+    assert set(messages(a)) == {"1700000000.M1P1.fine"}
 
 
 # ---------------------------------------------------------------------------------------------
