@@ -13,6 +13,7 @@ from pathlib import Path
 from mailmirror.errors import ConfigError
 from mailmirror.maildir.folders import LAYOUTS, MAILDIRPP
 from mailmirror.maildir.names import SEPARATORS
+from mailmirror.maildir.quarantine import MAX_KEEP_DAYS
 from mailmirror.transport.options import MAX_KEEP_SECONDS
 
 PROFILE_KEYS = {"a", "b", "local", "remotes", "users", "layout", "separator", "prefer",
@@ -101,8 +102,9 @@ def profile_problems(name: str, table: object) -> list[str]:
             or not 0 <= keep <= MAX_KEEP_SECONDS):
         problems.append(f"{where}: keep_connection must be 0 to {MAX_KEEP_SECONDS} seconds")
     days = table.get("quarantine_days", 30)
-    if not isinstance(days, int) or isinstance(days, bool) or days < 0:
-        problems.append(f"{where}: quarantine_days must be a whole number of days (0 or more)")
+    if not isinstance(days, int) or isinstance(days, bool) or not 0 <= days <= MAX_KEEP_DAYS:
+        problems.append(f"{where}: quarantine_days must be a whole number of days, 0 to "
+                        f"{MAX_KEEP_DAYS}")
     return problems
 
 

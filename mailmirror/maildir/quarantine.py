@@ -39,6 +39,7 @@ P = TypeVar("P", bound=PurePath)
 
 QUARANTINE_DIR = "mailmirror-quarantine"
 DEFAULT_KEEP_DAYS = 30
+MAX_KEEP_DAYS = 36500  # a century: far past it, the day arithmetic overflows
 _DAY_SECONDS = 86400
 _HEADER_BYTES = 64 << 10
 

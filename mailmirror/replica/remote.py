@@ -34,6 +34,7 @@ from mailmirror.transport.protocol import (
     ProtocolError,
     TruncatedFrame,
     frame_pieces,
+    is_mtime,
     read_frame,
     split_data,
 )
@@ -41,6 +42,11 @@ from mailmirror.transport.protocol import (
 MAX_LISTED = 10_000_000
 LIST_AHEAD = 2  # listing requests in flight (listings())
 TOMBSTONE_SLICE = 5000  # keys per tombstones request
+OUTCOMES = frozenset(o.value for o in Outcome)
+NOT_READ = frozenset((Outcome.GONE.value, Outcome.FAILED.value))  # a read item's, but data
+REFUSABLE = frozenset(("create_folder", "keywords", "add_keywords"))
+"""Requests whose refusal (`kind: value`) is a ValueError, as LocalReplica raises: their
+callers handle it. Any other request's error ends the run (ReplicaError)."""
 T = TypeVar("T")
 
 
@@ -72,7 +78,7 @@ class AgentReplica:
         self.layout = layout
         self.sep = sep
         self._ids = itertools.count(1)
-        self._sent: set[int] = set()  # requests whose reply is not claimed yet
+        self._sent: dict[int, str] = {}  # request id -> op, while its reply is not claimed
         self._early: dict[int, Frame] = {}
         try:
             hello = self._call("hello", version=VERSION, layout=layout, sep=sep,
@@ -83,10 +89,10 @@ class AgentReplica:
                                    "sides") from None
             raise
         if not isinstance(hello, dict) or hello.get("version") != VERSION:
-            raise ReplicaError(f"{label}: the agent speaks protocol version "
-                               f"{hello.get('version') if isinstance(hello, dict) else '?'}, "
+            theirs = _said(hello.get("version") if isinstance(hello, dict) else "?")
+            raise ReplicaError(f"{label}: the agent speaks protocol version {theirs}, "
                                f"this client {VERSION}: install the same mailmirror version there")
-        self.remote_root = str(hello.get("label", ""))
+        self.remote_root = _said(hello.get("label", ""))
         self._id: str | None = None
         self._watching = False
 
@@ -116,7 +122,7 @@ class AgentReplica:
     def _send(self, op: str, data: Sequence[bytes] = (), **fields: object) -> int:
         """Send one request; its reply is read by _receive, replies come in request order."""
         rid = next(self._ids)
-        self._sent.add(rid)
+        self._sent[rid] = op
         self._guard(lambda: self.channel.send(frame_pieces({"id": rid, "op": op, **fields},
                                                            *data)))
         return rid
@@ -140,11 +146,11 @@ class AgentReplica:
             if isinstance(early, int) and early < rid and early in self._sent:
                 self._early[early] = frame
                 frame = None
-        self._sent.discard(rid)
+        op = self._sent.pop(rid, "")
         header = frame.header
         if not header.get("ok"):
-            message = f"{self.label}: {header.get('error', 'agent error')}"
-            if header.get("kind") == "value":
+            message = f"{self.label}: {_said(header.get('error', 'agent error'))}"
+            if header.get("kind") == "value" and op in REFUSABLE:
                 raise ValueError(message)  # a refused name or folder, as LocalReplica raises
             raise ReplicaError(message)
         if header.get("id") != rid:
@@ -174,15 +180,16 @@ class AgentReplica:
         return ReplicaError(f"{self.label}: the agent sent an invalid {what}; refusing to "
                             "continue (nothing was written for it)")
 
-    def _results(self, raw: object, count: int) -> list[Result]:
+    def _results(self, raw: object, count: int,
+                 allowed: frozenset[str] = OUTCOMES) -> list[Result]:
         if not isinstance(raw, list) or len(raw) != count:
             raise self._bad("list of results")
         out = []
         for item in raw:
-            if (not isinstance(item, list) or len(item) != 2
-                    or item[0] not in {o.value for o in Outcome}):
+            if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
+                    or item[0] not in allowed or not isinstance(item[1], str)):
                 raise self._bad("result")
-            out.append(Result(Outcome(item[0]), str(item[1])[:1000]))
+            out.append(Result(Outcome(item[0]), _said(item[1], 1000)))
         return out
 
     # -- the Replica contract ------------------------------------------------------------
@@ -322,18 +329,19 @@ class AgentReplica:
         meta, data = self._exchange("read", refs=[[r.folder, r.relname] for r in refs])
         if not isinstance(meta, list) or len(meta) != len(refs):
             raise self._bad("read reply")
-        found = [m for m in meta if isinstance(m, list) and len(m) == 2
-                 and all(isinstance(x, int) and not isinstance(x, bool) for x in m)]
+        # [length, mtime] for a message read, [outcome, detail] for one that was not
+        read = [isinstance(m, list) and len(m) == 2 and type(m[0]) is int and is_mtime(m[1])
+                for m in meta]
         try:
-            pieces = iter(split_data(data, [length for length, _ in found]))
+            pieces = iter(split_data(data, [m[0] for m, ok in zip(meta, read, strict=True) if ok]))
         except ProtocolError:
             raise self._bad("read reply (sizes do not match the data)") from None
         out: list[Message | Result] = []
-        for item in meta:
-            if item in found:
+        for item, ok in zip(meta, read, strict=True):
+            if ok:
                 out.append(Message(next(pieces), item[1]))
             else:
-                out.extend(self._results([item], 1))
+                out.extend(self._results([item], 1, NOT_READ))
         return out
 
     def deliver(self, items: Sequence[Delivery]) -> list[Result]:
@@ -400,14 +408,14 @@ class AgentReplica:
                 raise ReplicaError(f"{self.label}: the agent's watch connection ended")
             header = frame.header
             if not header.get("ok"):
-                raise ReplicaError(f"{self.label}: {header.get('error', 'agent error')}")
+                raise ReplicaError(f"{self.label}: {_said(header.get('error', 'agent error'))}")
             event = header.get("event")
             if event == "overflow":
                 yield None
             elif event == "alive":
                 yield set()
             elif event == "unavailable":
-                raise WatchUnavailable(f"{self.label}: {str(header.get('error'))[:300]}")
+                raise WatchUnavailable(f"{self.label}: {_said(header.get('error'))}")
             elif event == "changed" and isinstance(header.get("folders"), list):
                 for folder in header["folders"]:
                     self._check_folder(folder)
@@ -438,6 +446,12 @@ class AgentReplica:
                 and v and v.isprintable() and " " not in v for k, v in raw.items()):
             raise self._bad("keyword map")
         return raw
+
+
+def _said(text: object, limit: int = 300) -> str:
+    """Text from the agent, as one printable line: a hostile agent could otherwise clear the
+    screen or forge a second line of our output."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text)[:limit])
 
 
 def _halves(items: Sequence[Delivery]) -> list[Sequence[Delivery]]:

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from mailmirror.errors import SafetyStop, UsageError
-from mailmirror.maildir.quarantine import DEFAULT_KEEP_DAYS
+from mailmirror.maildir.quarantine import DEFAULT_KEEP_DAYS, MAX_KEEP_DAYS
 from mailmirror.replica.base import Replica
 from mailmirror.sync.model import Side
 from mailmirror.sync.scan import Scan
@@ -49,8 +49,8 @@ class Safety:
                     DEFAULT_KEEP_DAYS)
         if not 0 <= percent <= 100:
             raise UsageError(f"--max-delete must be a percentage from 0 to 100, not {percent:g}")
-        if days < 0:
-            raise UsageError(f"--quarantine-days must be 0 or more, not {days}")
+        if not 0 <= days <= MAX_KEEP_DAYS:
+            raise UsageError(f"--quarantine-days must be 0 to {MAX_KEEP_DAYS}, not {days}")
         return {"allow_mass_delete": self.allow_mass_delete, "max_delete_percent": percent,
                 "accept_new_replica": self.accept_new_replica, "quarantine_days": days}
 

@@ -18,6 +18,7 @@ from mailmirror import __version__
 from mailmirror.errors import MailmirrorError
 from mailmirror.maildir.folders import check_folder
 from mailmirror.maildir.names import MESSAGE_SUBDIRS, check_name, is_listable
+from mailmirror.maildir.quarantine import MAX_KEEP_DAYS
 from mailmirror.replica.base import Delivery, Ref, Rename, Result
 from mailmirror.replica.local import LocalReplica, open_local
 from mailmirror.sync.model import Entry
@@ -27,6 +28,7 @@ from mailmirror.transport.protocol import (
     ProtocolError,
     encode_frame,
     exact_reader,
+    is_mtime,
     read_frame,
     split_data,
 )
@@ -180,8 +182,7 @@ class Agent:
             if len(pieces) != len(refs):
                 raise ProtocolError("deliver: one length per ref")
             mtimes = header.get("mtimes") or [None] * len(refs)
-            if len(mtimes) != len(refs) or not all(
-                    m is None or (isinstance(m, int) and not isinstance(m, bool)) for m in mtimes):
+            if len(mtimes) != len(refs) or not all(m is None or is_mtime(m) for m in mtimes):
                 raise ProtocolError("deliver: one mtime (or null) per ref")
             items = [Delivery(ref, piece, mtime)
                      for ref, piece, mtime in zip(refs, pieces, mtimes, strict=True)]
@@ -196,8 +197,9 @@ class Agent:
             return _results(replica.delete(_refs(header.get("refs")))), b""
         if op == "prune_quarantine":
             days = header.get("days")
-            if not isinstance(days, int) or isinstance(days, bool) or days < 0:
-                raise ProtocolError("prune_quarantine needs days (a whole number)")
+            if (not isinstance(days, int) or isinstance(days, bool)
+                    or not 0 <= days <= MAX_KEEP_DAYS):
+                raise ProtocolError(f"prune_quarantine needs days (0 to {MAX_KEEP_DAYS})")
             return replica.prune_quarantine(days), b""
         raise ProtocolError(f"unknown request {op!r}")
 

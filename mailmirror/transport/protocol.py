@@ -83,7 +83,7 @@ def decode_prefix(prefix: bytes) -> tuple[int, int]:
 def decode_header(raw: bytes) -> dict:
     try:
         header = json.loads(raw.decode("utf-8", "surrogateescape"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"frame header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("frame header is not a JSON object")
@@ -122,6 +122,11 @@ def exact_reader(stream: BinaryIO) -> Callable[[int], bytes]:
         return b"".join(chunks)
 
     return read_exactly
+
+
+def is_mtime(value: object) -> bool:
+    """A file mtime in ns as the wire carries it: a whole number a file can have (64 bits)."""
+    return type(value) is int and -(1 << 63) <= value < 1 << 63
 
 
 def split_data(data: bytes, lengths: list[int]) -> list[bytes]:

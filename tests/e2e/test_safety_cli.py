@@ -72,6 +72,17 @@ def test_mass_delete_stops_until_allowed(cli: Cli, scratch: Path, user: User) ->
     assert run.json["counts"] == {"delete a": 25, "copy b->a": 1}
 
 
+def test_quarantine_days_past_a_century_is_a_usage_error(cli: Cli, scratch: Path,
+                                                         user: User) -> None:
+    """Q2's retention has bounds: a negative one would empty the quarantine, a huge one
+    overflowed the day arithmetic (a traceback); each is one line, exit 2, nothing synced."""
+    a, b = tree(scratch / "A", user, 3), scratch / "B"
+    for days in ("-1", "100000"):
+        line = sync(cli, a, b, "--quarantine-days", days).assert_clean_error(2)
+        assert "--quarantine-days" in line and "36500" in line, line
+    assert not b.exists()
+
+
 def test_quarantine_list_and_restore(cli: Cli, scratch: Path, user: User) -> None:
     """Q1-Q3 through the commands: list shows what a sync deleted; restore brings it back and
     the next sync copies it to the other side instead of deleting it again."""

@@ -160,6 +160,7 @@ FAKE = r'''
 import json, struct, sys
 NAMES, FOLDERS = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 APART = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None  # the reply's "unlisted"
+REPLIES = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}  # op -> [header fields, data]
 inp, out = sys.stdin.buffer, sys.stdout.buffer
 def send(h, data=b""):
     raw = json.dumps(h).encode()
@@ -168,6 +169,14 @@ while len(prefix := inp.read(12)) == 12:
     hl, dl = struct.unpack(">IQ", prefix)
     req = json.loads(inp.read(hl)); inp.read(dl)
     rid, op = req["id"], req["op"]
+    if op in REPLIES:
+        fields, data = REPLIES[op]
+        if fields == "deep":  # a header nested past what a JSON decoder can follow
+            raw = b'{"id": %d, "ok": true, "result": ' % rid + b"[" * 100_000 + b"]" * 100_000
+            out.write(struct.pack(">IQ", len(raw) + 1, 0) + raw + b"}"); out.flush()
+        else:
+            send({"id": rid, **fields}, data.encode())
+        continue
     result = {"hello": {"version": req.get("version")}, "id": "hostile-agent", "clock": 1,
               "stamps": {f: [1, 1] for f in FOLDERS}, "keywords": {}, "tombstones": {},
               "prune_quarantine": 0}.get(op)
@@ -231,6 +240,39 @@ def test_names_apart_from_an_agent_are_only_ever_skipped(tmp_path: Path) -> None
                for p in new), new
 
 
+MESSAGE = "1700000000.M1P1.x,S=5:2,S"  # its size in the name: no `sizes` request
+
+
+@pytest.mark.parametrize("op,fields,data", [
+    ("deliver", {"ok": True, "result": [[["ok"], ""]]}, ""),  # an outcome that is a list
+    ("deliver", {"ok": True, "result": [["ok", {"a": 1}]]}, ""),  # a detail that is no text
+    ("read", {"ok": True, "result": [[5, 10**30]]}, "hello"),  # an mtime no file can have
+    ("read", {"ok": True, "result": [["ok", ""]]}, ""),  # "read" without data
+    ("read", "deep", ""),
+    ("stamps", {"ok": False, "error": "refused", "kind": "value"}, ""),  # not a refusable op
+    ("stamps", {"ok": False, "error": "\x1b[2J\x1b[Hall good\nsecond line\r"}, ""),
+])
+def test_hostile_replies_from_an_agent_end_the_run_in_one_line(
+        tmp_path: Path, op: str, fields: object, data: str) -> None:
+    """Whatever the agent answers, the run ends with a ReplicaError (exit 3, one line of
+    printable text), never another exception (a traceback), and writes nothing."""
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE)
+    a = maildir(tmp_path / "a")
+    if op == "deliver":
+        deliver(a, "1700000000.M2P1.mine", "INBOX", "cur", "S")  # for the fake to be sent
+    before = view(a)
+    names = {"cur": MESSAGE} if op == "read" else {}
+    remote = AgentReplica(PipeChannel([sys.executable, str(script), json.dumps(names),
+                                       json.dumps(["INBOX"]), json.dumps(None),
+                                       json.dumps({op: [fields, data]})]), "hostile")
+    with pytest.raises(ReplicaError) as stop:
+        sync(open_local(a), remote, _state(tmp_path), SyncOptions())
+    remote.channel.close()
+    assert str(stop.value).isprintable(), str(stop.value)
+    assert view(a) == before and not os.listdir(a / "tmp")
+
+
 # ---------------------------------------------------------------------------------------------
 # a hostile client: whatever it sends, the agent answers or ends cleanly
 
@@ -275,6 +317,25 @@ def test_agent_survives_any_request(tmp_path_factory: pytest.TempPathFactory,
     while (frame := read_frame(out.read)) is not None:
         assert isinstance(frame.header.get("ok"), bool)
     assert {p.name for p in top.iterdir()} <= {"m"}, "something was written outside"
+
+
+@pytest.mark.parametrize("request_frame", [
+    encode_frame({"id": 1, "op": "deliver", "refs": [["INBOX", "cur/1.M1P1.x:2,S"]],
+                  "lengths": [2], "mtimes": [10**30]}, b"hi"),
+    encode_frame({"id": 1, "op": "prune_quarantine", "days": 10**20}),
+    b"".join((lambda raw: [struct.pack(">IQ", len(raw), 0), raw])(
+        b'{"id": 1, "op": "stamps", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")),
+], ids=["mtime", "days", "deep"])
+def test_numbers_past_what_a_file_can_hold_and_deep_headers_are_refused(
+        tmp_path: Path, request_frame: bytes) -> None:
+    """Answered with a protocol error (status 2), not a traceback with no answer."""
+    hello = encode_frame({"id": 0, "op": "hello", "version": VERSION})
+    out = io.BytesIO()
+    assert serve(str(tmp_path / "m"), io.BytesIO(hello + request_frame), out) == 2
+    out.seek(0)
+    replies = [f.header for f in iter(lambda: read_frame(out.read), None)]
+    assert replies[-1]["ok"] is False and "protocol error" in replies[-1]["error"]
+    assert not os.listdir(tmp_path / "m" / "cur") and not os.listdir(tmp_path / "m" / "tmp")
 
 
 def test_a_length_prefix_past_the_caps_is_refused_without_allocating(tmp_path: Path) -> None:
