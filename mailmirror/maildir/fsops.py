@@ -38,10 +38,19 @@ def rename_noreplace(source: str, target: str) -> None:
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
             raise OSError(err, os.strerror(err), source, None, target)
-    # No renameat2 here: link refuses to clobber; a crash between the two calls leaves a
-    # second name for the same message, which the next scan reports as a duplicate.
+    # No renameat2 here (NFS, CIFS, many FUSE file systems): link refuses to clobber. A crash
+    # between the two calls leaves a second name for the message, which the next run takes
+    # for a duplicate (known gap: it gets a key of its own).
     os.link(source, target)
-    os.unlink(source)
+    linked = os.lstat(target).st_ino
+    try:
+        os.unlink(source)
+    except OSError:
+        # a mail client renamed the source meanwhile: take our name back, or the message
+        # would have two
+        if os.lstat(target).st_ino == linked:
+            os.unlink(target)
+        raise
 
 
 def sync_filesystem(path: str) -> None:

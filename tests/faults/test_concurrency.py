@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 from typing import Self
 
+import pytest
+
+from mailmirror.maildir import fsops
 from mailmirror.replica.base import Rename, Result
 from mailmirror.replica.local import LocalReplica, open_local
 from mailmirror.store import open_store
@@ -389,3 +392,33 @@ def test_a_split_whose_rename_a_client_beat_copies_nothing(tmp_path: Path) -> No
         contents = sorted(m.get_payload(decode=True) or b"" for m in mailbox.Maildir(root))
         assert len(contents) == 2, (root, contents)
         assert sorted(p.read_bytes() for p in (root / "cur").iterdir()) == sorted([ours, theirs])
+
+
+def test_without_renameat2_a_client_rename_inside_ours_leaves_one_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NFS, CIFS and many FUSE file systems have no RENAME_NOREPLACE: a rename is link, then
+    unlink. A mail client renaming the message between the two left it under two names, and
+    the next run gave the second one a key of its own: one message twice on every side."""
+    a, b = maildir(tmp_path / "a"), maildir(tmp_path / "b")
+    key = "1700000000.M1P1.host"
+    deliver(a, key, "INBOX", "cur", "")
+    state = SyncState(open_store(tmp_path / "s.db"))
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    os.rename(a / "cur" / f"{key}:2,", a / "cur" / f"{key}:2,S")
+    monkeypatch.setattr(fsops, "_libc", lambda: object())  # neither renameat2 nor syncfs
+    link = os.link
+
+    def link_then_client(source: str, target: str) -> None:
+        link(source, target)
+        if os.path.basename(source) == f"{key}:2,":  # the client flags it, once
+            os.rename(source, b / "cur" / f"{key}:2,F")
+
+    monkeypatch.setattr(fsops.os, "link", link_then_client)
+    report = sync(open_local(a), open_local(b), state, SyncOptions())
+    assert any("changed meanwhile" in line for line in report.skipped), report.skipped
+    assert os.listdir(b / "cur") == [f"{key}:2,F"]
+    for _ in range(2):
+        sync(open_local(a), open_local(b), state, SyncOptions())
+    for root in (a, b):
+        assert os.listdir(root / "cur") == [f"{key}:2,FS"], root
+        assert len(mailbox.Maildir(root)) == 1
