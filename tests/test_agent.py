@@ -333,3 +333,26 @@ def test_deliver_through_agent_is_durable_and_no_clobber(tmp_path):
     assert first[0].ok and second[0].outcome is Outcome.EXISTS
     assert (tmp_path / "m" / "new" / "1.M1P1.x").read_bytes() == b"one"
     assert os.listdir(tmp_path / "m" / "tmp") == []
+
+
+def test_a_read_reply_stops_at_its_budget_and_the_rest_come_next_run(tmp_path, monkeypatch):
+    """Whatever a client asks in one read, the reply stays below what a frame may hold: past
+    READ_BUDGET bytes the rest are answered as failed, and a later run copies them."""
+    from mailmirror.transport import agent as agent_module
+
+    monkeypatch.setattr(agent_module, "READ_BUDGET", 10)
+    root = tmp_path / "m"
+    open_local(root)
+    for i in range(4):
+        (root / "cur" / f"170000000{i}.M1P1.x:2,S").write_bytes(b"8 bytes\n")
+    refs = [["INBOX", f"cur/170000000{i}.M1P1.x:2,S"] for i in range(4)]
+    stream = (encode_frame({"id": 0, "op": "hello", "version": VERSION})
+              + encode_frame({"id": 1, "op": "read", "refs": refs}))
+    out = io.BytesIO()
+    assert serve(str(root), io.BytesIO(stream), out) == 0
+    out.seek(0)
+    read_frame(out.read)
+    reply = read_frame(out.read)
+    assert [m[0] for m in reply.header["result"]] == [8, 8, "failed", "failed"]
+    assert "retried next run" in reply.header["result"][2][1]
+    assert reply.data == b"8 bytes\n" * 2

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from mailmirror.maildir.folders import create_folder, folder_dir, list_folders
 from mailmirror.maildir.names import parse_name
 from mailmirror.replica.base import Stamp
-from mailmirror.replica.local import open_local
+from mailmirror.replica.local import LocalReplica, open_local
 from mailmirror.store import open_store
 from mailmirror.sync.engine import SyncOptions, sync
 from mailmirror.sync.flags import FlagCodec
@@ -665,3 +665,27 @@ def test_the_scan_gives_the_gil_switch_interval_back(tmp_path, monkeypatch):
     finally:
         sys.setswitchinterval(before)
     assert seen and max(seen) == SCAN_SWITCH_INTERVAL
+
+
+class CountingReads(LocalReplica):
+    """Records how many messages each read() asked for."""
+
+    batches: list[int]
+
+    def read(self, refs):
+        self.batches.append(len(refs))
+        return super().read(refs)
+
+
+def test_copies_of_names_without_a_size_are_batched_by_their_real_size(tmp_path):
+    """Names from getmail or procmail carry no ,S=: a guess of 64 KiB put dozens of huge
+    messages in one batch (and one read reply, past what a frame may hold, every run)."""
+    a, b = open_local(tmp_path / "a"), tmp_path / "b"
+    open_local(b)
+    for i in range(6):
+        (b / "cur" / f"170000000{i}.M1P1.x:2,S").write_bytes(b"x" * (1 << 20))
+    source = CountingReads(b)
+    source.batches = []
+    report = sync(a, source, SyncState(open_store(tmp_path / "s.db")), SyncOptions())
+    assert report.counts == {"copy b->a": 6}
+    assert source.batches and max(source.batches) <= 2, source.batches  # 2 MiB a batch

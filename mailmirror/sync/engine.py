@@ -511,6 +511,7 @@ class _Executor:
         for source in Side:
             group = sorted((w for w in work if w[1].source is source),
                            key=lambda w: (w[1].entry.folder, w[1].key))
+            sizes = self._unnamed_sizes(source, [action for _, action in group])
             batches: list[list[tuple[int, Copy]]] = [[]]
             size = 0
             for item in group:
@@ -519,7 +520,7 @@ class _Executor:
                     batches.append([])
                     size = 0
                 batches[-1].append(item)
-                size += item[1].entry.size or 65536
+                size += item[1].entry.size or sizes.get(item[1].key) or 65536
             batches = [b for b in batches if b]
             if not batches:
                 continue
@@ -527,6 +528,23 @@ class _Executor:
                 self._copy_pipelined(batches)
             else:
                 self._copy_in_turn(batches)
+
+    def _unnamed_sizes(self, source: Side, copies: list[Copy]) -> dict[str, int]:
+        """Sizes of the messages to copy whose names do not carry one (no ,S=).
+
+        Batches are cut by bytes: a guess put several huge messages in one batch, whose
+        read reply could pass what one frame may hold, on every run.
+        """
+        unknown = [action for action in copies if action.entry.size is None]
+        locs, step = self.locs[source], self.options.batch_count
+        found: dict[str, int] = {}
+        for start in range(0, len(unknown), step):
+            part = unknown[start:start + step]
+            refs = [Ref(locs[a.key].entry.folder, locs[a.key].relname) for a in part]
+            found.update((a.key, size) for a, size
+                         in zip(part, self.replicas[source].sizes(refs), strict=True)
+                         if size is not None)
+        return found
 
     def _copy_in_turn(self, batches: list[list[tuple[int, Copy]]]) -> None:
         """Both sides local: one worker reads and delivers batch n while batch n-1 is recorded.

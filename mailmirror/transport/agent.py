@@ -19,7 +19,7 @@ from mailmirror.errors import MailmirrorError
 from mailmirror.maildir.folders import check_folder
 from mailmirror.maildir.names import MESSAGE_SUBDIRS, check_name, is_listable
 from mailmirror.maildir.quarantine import MAX_KEEP_DAYS
-from mailmirror.replica.base import Delivery, Ref, Rename, Result
+from mailmirror.replica.base import Delivery, Outcome, Ref, Rename, Result
 from mailmirror.replica.local import LocalReplica, open_local
 from mailmirror.sync.model import Entry
 from mailmirror.transport.privilege import drop_to_owner
@@ -34,6 +34,7 @@ from mailmirror.transport.protocol import (
 )
 
 DETAIL_MAX = 300  # characters of an item's failure detail sent back (see _results)
+READ_BUDGET = 256 << 20  # bytes of messages in one read reply, about (see Agent._read)
 
 
 def _refs(items: object) -> list[Ref]:
@@ -214,13 +215,22 @@ class Agent:
                 "clock_ns": self.replica.clock_ns(), "software": f"mailmirror {__version__}"}
 
     def _read(self, replica: LocalReplica, refs: list[Ref]) -> tuple[object, bytes]:
-        pieces, meta = [], []
-        for item in replica.read(refs):
+        """Messages one by one, until the reply holds READ_BUDGET bytes: the rest are
+        answered as failed (retried next run), so a reply stays below what a frame may
+        hold (READ_BUDGET and one message of at most MAX_MESSAGE), whatever was asked."""
+        pieces, meta, total = [], [], 0
+        for ref in refs:
+            if total >= READ_BUDGET:
+                meta.append([Outcome.FAILED.value, "not sent: the reply was full; "
+                             "retried next run"])
+                continue
+            item = replica.read([ref])[0]
             if isinstance(item, Result):
                 meta.append([item.outcome.value, item.detail])
             else:
                 meta.append([len(item.data), item.mtime_ns])
                 pieces.append(item.data)
+                total += len(item.data)
         return meta, b"".join(pieces)
 
 
