@@ -245,6 +245,15 @@ def folders_to_create(found: Scan, plan: Plan, low: Side) -> dict[Side, list[str
     return out
 
 
+def _ref(loc: Loc) -> Ref:
+    return Ref(loc.entry.folder, loc.relname)
+
+
+def _same_bytes(read: list[Message | Result]) -> bool:
+    first, second = read
+    return isinstance(first, Message) and isinstance(second, Message) and first.data == second.data
+
+
 class _Executor:
     """Applies a plan to both replicas and records the base as decisions complete."""
 
@@ -413,7 +422,13 @@ class _Executor:
 
     # -- phases --------------------------------------------------------------------------
     def _fix_duplicates(self) -> None:
-        """A key present twice on one side (a copied file): the extra gets a fresh key.
+        """A key present twice on one side.
+
+        Two names of one folder with the same bytes are one message twice: another sync
+        copied it in meanwhile under other flags (two pairs writing into one replica), or a
+        rename on a file system without renameat2 stopped between link and unlink. One name
+        goes to the quarantine and the other gets both names' flags. Anything else is two
+        messages (a copied file): the extra gets a fresh key.
 
         A client renaming a message between (or during) the listings of cur/ and new/ shows
         one file under two names; renaming one of them then gave that message a second key.
@@ -421,18 +436,22 @@ class _Executor:
         """
         for s, listed in self.found.duplicates.items():
             replica = self.replicas[s]
-            refs = []  # each extra name, then the name that kept its key
-            uniques = [details(replica, self.codec, s, loc)[0] for loc in listed]
-            for loc, on_disk in zip(listed, uniques, strict=True):
-                kept = self.locs[s][key_of(on_disk)]
-                refs += [Ref(loc.entry.folder, loc.relname), Ref(kept.entry.folder, kept.relname)]
-            there = replica.sizes(refs)
-            extras = []
-            for i, (loc, on_disk) in enumerate(zip(listed, uniques, strict=True)):
-                if None in there[2 * i:2 * i + 2]:
-                    self.unsettled.update((s, ref.folder) for ref in refs[2 * i:2 * i + 2])
+            found = []  # (extra name, its unique part on disk, the name that kept the key)
+            for loc in listed:
+                on_disk = details(replica, self.codec, s, loc)[0]
+                found.append((loc, on_disk, self.locs[s][key_of(on_disk)]))
+            there = replica.sizes([_ref(loc) for extra, _, kept in found for loc in (extra, kept)])
+            extras, twins = [], []
+            for i, (extra, on_disk, kept) in enumerate(found):
+                sizes = there[2 * i:2 * i + 2]
+                if None in sizes:
+                    self.unsettled.update((s, loc.entry.folder) for loc in (extra, kept))
+                elif (sizes[0] == sizes[1] and extra.entry.folder == kept.entry.folder
+                      and _same_bytes(replica.read([_ref(extra), _ref(kept)]))):
+                    twins.append((extra, key_of(on_disk), kept))
                 else:
-                    extras.append((loc, on_disk))
+                    extras.append((extra, on_disk))
+            self._merge_twins(s, twins)
             items, notes = [], []
             for loc, on_disk in extras:
                 new_unique = fresh_unique(key_of(on_disk), loc.relname)
@@ -445,6 +464,33 @@ class _Executor:
                 self.unsettled.add((s, loc.entry.folder))
             for note, result in zip(notes, self.replicas[s].rename(items), strict=True):
                 self.report.notices.append(note if result.ok else f"{note} (failed: {result})")
+
+    def _merge_twins(self, side: Side, twins: list[tuple[Loc, str, Loc]]) -> None:
+        """Keep one name of each message found twice (the one in cur/), with the flags of both;
+        the other goes to the quarantine. A third name of a key waits for the next run."""
+        replica, done = self.replicas[side], set()
+        for extra, key, kept in twins:
+            folder = kept.entry.folder
+            self.touched.add((side, folder))
+            self.unsettled.add((side, folder))
+            if key in done:
+                continue
+            done.add(key)
+            in_cur = extra.entry.subdir != NEW and kept.entry.subdir == NEW
+            keep, drop = (extra, kept) if in_cur else (kept, extra)
+            note = (f"{folder}/{drop.relname} was a second copy of {folder}/{keep.relname} on "
+                    f"{replica.label}: moved to the quarantine")
+            result = replica.delete([_ref(drop)])[0]
+            if not result.ok:
+                self.report.notices.append(f"{note} (failed: {result})")
+                continue
+            self.report.notices.append(note)
+            self.locs[side][key] = keep
+            both = keep.entry.moved(flags=keep.entry.flags | drop.entry.flags)
+            if both.flags != keep.entry.flags:
+                target = self._relname(side, key, both, keep)
+                if replica.rename([Rename(_ref(keep), Ref(folder, target))])[0].ok:
+                    self.locs[side][key] = Loc(both, target)
 
     def _create_folders(self, plan: Plan) -> None:
         for s, folders in folders_to_create(self.found, plan, self.low).items():

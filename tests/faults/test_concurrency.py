@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
@@ -422,3 +423,71 @@ def test_without_renameat2_a_client_rename_inside_ours_leaves_one_name(
     for root in (a, b):
         assert os.listdir(root / "cur") == [f"{key}:2,FS"], root
         assert len(mailbox.Maildir(root)) == 1
+
+
+class OtherPairFirst(LocalReplica):
+    """A replica of two pairs: before this run's copies land, the other pair's run (its own
+    state store, so its own lock) copies into it too."""
+
+    other_run: Callable[[], object]
+
+    def deliver(self, items: list) -> list[Result]:
+        self.other_run()
+        return super().deliver(items)
+
+
+def test_two_pairs_copying_one_message_into_one_replica_leave_it_once(tmp_path: Path) -> None:
+    """The classic star: main syncs with the backup (state on main), the desktop with main
+    (state on the desktop). Mail reached the backup while main was down, and the desktop
+    read it there. Both runs then copy it into main at once, under different flags: main
+    holds it twice, one message under two names. The next run keeps one, with both flags."""
+    main, backup, desktop = (maildir(tmp_path / n) for n in ("main", "backup", "desktop"))
+    on_main, on_desktop = (SyncState(open_store(tmp_path / f"{n}.db")) for n in ("m", "d"))
+    key = "1700000000.M1P1.mx2"
+    deliver(backup, key, "INBOX", "new")
+    deliver(desktop, key, "INBOX", "cur", "S")  # fetched from the backup, then read
+    target = OtherPairFirst(main)
+    target.other_run = lambda: sync(open_local(desktop), open_local(main), on_desktop,
+                                    SyncOptions())
+    sync(target, open_local(backup), on_main, SyncOptions())
+    assert sorted(os.listdir(main / "new") + os.listdir(main / "cur")) == [key, f"{key}:2,S"]
+    report = sync(open_local(main), open_local(backup), on_main, SyncOptions())
+    assert any("second copy" in n and "quarantine" in n for n in report.notices), report.notices
+    for _ in range(2):
+        sync(open_local(desktop), open_local(main), on_desktop, SyncOptions())
+        sync(open_local(main), open_local(backup), on_main, SyncOptions())
+    for root in (main, backup, desktop):
+        assert os.listdir(root / "cur") == [f"{key}:2,S"] and not os.listdir(root / "new"), root
+        assert len(mailbox.Maildir(root)) == 1
+
+
+def test_two_names_of_one_file_after_a_crash_become_one_message(tmp_path: Path) -> None:
+    """Without renameat2 a rename is link, then unlink: a crash between them leaves the
+    message under its old and its new name, one file. The next run keeps one name."""
+    a, b = maildir(tmp_path / "a"), maildir(tmp_path / "b")
+    key = "1700000000.M1P1.host"
+    deliver(a, key, "INBOX", "cur", "")
+    state = SyncState(open_store(tmp_path / "s.db"))
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    os.link(b / "cur" / f"{key}:2,", b / "cur" / f"{key}:2,F")  # killed before the unlink
+    for _ in range(3):
+        sync(open_local(a), open_local(b), state, SyncOptions())
+    for root in (a, b):
+        assert os.listdir(root / "cur") == [f"{key}:2,F"], root
+
+
+def test_same_key_other_bytes_or_other_folder_are_two_messages(tmp_path: Path) -> None:
+    """A file copied by hand keeps its name: with other bytes, or into another folder, it is
+    a message of its own (a fresh key), never dropped as a second copy."""
+    a, b = maildir(tmp_path / "a", "Work"), maildir(tmp_path / "b", "Work")
+    key = "1700000000.M1P1.host"
+    deliver(a, key, "INBOX", "cur", "S", 10)
+    state = SyncState(open_store(tmp_path / "s.db"))
+    sync(open_local(a), open_local(b), state, SyncOptions())
+    same = (a / "cur" / f"{key}:2,S").read_bytes()
+    (a / "cur" / f"{key}:2,F").write_bytes(same.upper())  # other bytes, same size
+    (a / ".Work" / "cur" / f"{key}:2,S").write_bytes(same)  # same bytes, other folder
+    for _ in range(3):
+        sync(open_local(a), open_local(b), state, SyncOptions())
+    for root in (a, b):
+        assert len(mailbox.Maildir(root)) == 2 and len(os.listdir(root / ".Work" / "cur")) == 1
