@@ -159,6 +159,8 @@ class KeptChannel:
             data = self._reader.read(n)
         except TimeoutError:
             raise self._stalled() from None
+        except ConnectionResetError:  # the keeper died with our batch unread in its socket
+            data = b""
         if n and not data:
             # the keeper closes this end when the agent's output ends, and the kernel when
             # the keeper is gone: which one, this end cannot tell
