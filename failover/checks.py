@@ -54,7 +54,7 @@ def _http(check: Check) -> tuple[bool, str]:
         )
     except httpx.TimeoutException:
         return False, f"no answer within {check.timeout:g} s"
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         return False, _describe(exc, check.timeout)
     if not 200 <= response.status_code < 300:
         return False, f"HTTP {response.status_code}"

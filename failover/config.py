@@ -12,8 +12,10 @@ import string
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import isfinite
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from failover.errors import ConfigError
 
@@ -246,7 +248,7 @@ def _port(value: Any) -> str | None:
 
 def _number(minimum: float | None, wanted: str) -> Rule:
     def rule(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not isfinite(value):
             return f"must be {wanted}"
         bad = value < minimum if minimum is not None else value <= 0
         return f"must be {wanted}" if bad else None
@@ -256,7 +258,11 @@ def _number(minimum: float | None, wanted: str) -> Rule:
 
 def _ip(kind: type, wanted: str) -> Rule:
     def rule(value: Any) -> str | None:
+        # a string, as a zone file spells it: ipaddress takes integers too, and a scoped
+        # address (fe80::1%eth0) means nothing in DNS
         try:
+            if not isinstance(value, str) or "%" in value:
+                raise ValueError
             kind(value)
         except ValueError:
             return f"must be {wanted}, not {value!r}"
@@ -266,8 +272,15 @@ def _ip(kind: type, wanted: str) -> Rule:
 
 
 def _url(value: Any) -> str | None:
-    ok = isinstance(value, str) and value.startswith(("http://", "https://"))
-    return None if ok else "must be an http:// or https:// URL"
+    wanted = "must be an http:// or https:// URL"
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        return wanted
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        return f"{wanted}: {exc}"
+    return None if parts.hostname else f"{wanted} with a host name"
 
 
 def _reload(value: Any) -> str | None:

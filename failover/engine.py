@@ -18,7 +18,7 @@ from pathlib import Path
 from failover import hysteresis, rewrite
 from failover.checks import CheckResult, run_checks
 from failover.config import Config
-from failover.errors import EXIT_PARTIAL, TemplateError
+from failover.errors import EXIT_PARTIAL, DirectoryError, TemplateError
 from failover.hysteresis import Health, Policy, Transition
 from failover.notify import Action, reload_zone, send_notify
 from failover.state import Event, State, VerifyRow
@@ -71,7 +71,7 @@ def run_cycle(config: Config, state: State, now: datetime | None = None) -> Repo
     now = now or datetime.now(UTC)
     policy = Policy(config.fail_after, config.recover_after, config.min_backup_seconds)
     with locked(state.path):
-        health, _ = state.health()
+        health, _ = _remembered(config, state)
         transition = hysteresis.observe(health, healthy, now, policy)
         state.save_health(transition.health, now)
         summary = "; ".join(f"{r.label}: {r.detail}" for r in results)
@@ -86,7 +86,7 @@ def rewrite_zones(config: Config, state: State, force: bool, now: datetime | Non
     """`failover zones`: rewrite for the server DNS points at now, without checking main."""
     now = now or datetime.now(UTC)
     with locked(state.path):
-        health, _ = state.health()
+        health, _ = _remembered(config, state)
         return Report(now, health, apply_zones(config, state, health, now, force))
 
 
@@ -96,7 +96,7 @@ def hold(
     """Pin DNS to `server` for maintenance and apply it at once."""
     now = now or datetime.now(UTC)
     with locked(state.path):
-        health, checked_at = state.health()
+        health, checked_at = _remembered(config, state)
         transition = hysteresis.hold(health, server, now)
         state.save_health(transition.health, checked_at)
         state.add_event(Event(now, "hold", None, f"held on {server} by the operator"))
@@ -154,6 +154,9 @@ def apply_zones(
     reports = []
     for template in templates:
         row = state.zone(template.zone)
+        if template.problem is not None:
+            reports.append(ZoneReport(rewrite.failed(template, template.problem)))
+            continue
         try:
             outcome = rewrite.rewrite(template, row, ip, ip6, config.zones_dir, now, force)
         except TemplateError as exc:
@@ -173,6 +176,20 @@ def apply_zones(
         if config.verify and report.outcome.serial is not None:
             report.served = _verify(config, state, report.outcome, now)
     return reports
+
+
+def _remembered(config: Config, state: State) -> tuple[Health, datetime | None]:
+    """The remembered health. With none (a new or lost state store), DNS is taken to point
+    where the live zones point: a run during an outage must not send it back to the dead
+    main (the checks then decide, with the usual hysteresis)."""
+    if state.has_health():
+        return state.health()
+    try:
+        templates = rewrite.load_templates(config.templates)
+    except DirectoryError:
+        return Health(), None  # apply_zones says what is wrong with the directory
+    ips = {server: config.ip_for(server) for server in ("backup", "main")}
+    return Health(active=rewrite.points_at(templates, config.zones_dir, ips) or "main"), None
 
 
 def _needs_announcing(report: ZoneReport, state: State) -> bool:

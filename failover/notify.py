@@ -40,6 +40,10 @@ def reload_zone(argv: Sequence[str], zone: str, file: Path) -> Action:
     except FileNotFoundError:
         fix = "install it or fix [failover] reload in the config"
         return Action(what, False, f"reload command {command[0]!r} not found: {fix}")
+    except OSError as exc:  # not executable, no #! line, ...
+        fix = "fix its permissions or [failover] reload in the config"
+        return Action(what, False, f"reload command {command[0]!r} cannot run ({exc.strerror}): "
+                                   f"{fix}")
     except subprocess.TimeoutExpired:
         return Action(what, False, f"{command[0]} did not finish within {RELOAD_TIMEOUT:g} s")
     output = " ".join((done.stdout + " " + done.stderr).split())

@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 from failover import zonecheck
-from failover.errors import DirectoryError
+from failover.errors import DirectoryError, TemplateError
 from failover.serial import date_floor, next_serial, serial_max
 from failover.state import ZoneRow
 from failover.template import Values, render, zone_name
+
+BACKUPS = ("~", ".bak", ".orig", ".rej", ".swp", ".dpkg-old", ".dpkg-dist", ".dpkg-new",
+           ".ucf-old", ".ucf-dist")  # names that are not templates: editor and package copies
+CHECK_TIMEOUT = 60  # seconds for nsd-checkzone (a large zone takes a few)
+_NSD_ERROR = re.compile(r"error: :(\d+): (.+)")
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class Template:
     zone: str
     text: str
     sha: str
+    problem: str | None = None  # why this template cannot be used (its zone is skipped)
 
 
 @dataclass(frozen=True)
@@ -49,10 +57,12 @@ class Outcome:
 
 
 def load_templates(directory: Path) -> list[Template]:
-    """Every regular, non-hidden file in `directory`, as a template.
+    """Every regular, non-hidden file in `directory` but editor and package backups, as a
+    template.
 
-    Raises DirectoryError when the directory is missing, holds no template, or two templates
-    serve the same zone (their state would be mixed up).
+    A template that cannot be read, or two that serve one zone (their state would be mixed
+    up), carry a `problem`: that zone is skipped, the others proceed. Raises DirectoryError
+    when the directory is missing or holds no template.
     """
     if not directory.is_dir():
         raise DirectoryError(
@@ -61,22 +71,25 @@ def load_templates(directory: Path) -> list[Template]:
         )
     templates = []
     for path in sorted(directory.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        if path.name.startswith(".") or path.name.endswith(BACKUPS) or not path.is_file():
             continue
         try:
             raw = path.read_bytes()
             text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise DirectoryError(f"cannot read template {path}: {exc}") from None
+            why = f"cannot read template {path}: {exc}: fix it; the other zones proceed"
+            templates.append(Template(path, zone_name(path.name, ""), "", "", why))
+            continue
         sha = hashlib.sha256(raw).hexdigest()
         templates.append(Template(path, zone_name(path.name, text), text, sha))
-    seen: dict[str, Path] = {}
+    by_zone: dict[str, list[Template]] = {}
     for template in templates:
-        other = seen.setdefault(template.zone, template.path)
-        if other != template.path:
-            raise DirectoryError(
-                f"templates {other} and {template.path} both serve zone {template.zone}: remove one"
-            )
+        by_zone.setdefault(template.zone, []).append(template)
+    for zone, serving in by_zone.items():
+        if len(serving) > 1:
+            why = (f"templates {' and '.join(str(t.path) for t in serving)} all serve zone "
+                   f"{zone}: remove all but one")
+            templates = [replace(t, problem=why) if t.zone == zone else t for t in templates]
     if not templates:
         raise DirectoryError(
             f"templates directory {directory} holds no zone template: put one zone file "
@@ -97,9 +110,19 @@ def check_zones_dir(directory: Path) -> None:
 
 
 def change_reason(
-    row: ZoneRow | None, values: Values, sha: str, live_exists: bool, force: bool
+    row: ZoneRow | None,
+    values: Values,
+    sha: str,
+    live_exists: bool,
+    live_serial: int | None,
+    force: bool,
 ) -> str | None:
-    """Why a zone must be rewritten, or None when minimal mode leaves it alone."""
+    """Why a zone must be rewritten, or None when minimal mode leaves it alone.
+
+    A live serial other than the recorded one means the file is not the one the row
+    describes: a run stopped between installing it and saving the row (so the IP in it is
+    not known), or a hand edit.
+    """
     if force:
         return "forced"
     if not live_exists:
@@ -110,6 +133,8 @@ def change_reason(
         return f"IP {row.ip} -> {values.ip}"
     if row.template_sha != sha:
         return "template edited"
+    if live_serial != row.serial:
+        return f"live serial {live_serial} is not the recorded {row.serial}"
     return None
 
 
@@ -130,11 +155,13 @@ def rewrite(
     OSError from the install.
     """
     live = zones_dir / template.path.name
-    live_text = live.read_text(encoding="utf-8", errors="replace") if live.exists() else None
+    # bytes, decoded: reading as text would turn CRLF line ends into LF, and such a file would
+    # never match its own template again
+    live_text = live.read_bytes().decode("utf-8", "replace") if live.exists() else None
     live_serial = zonecheck.read_serial(live_text) if live_text is not None else None
     current = serial_max(row.serial if row else None, live_serial)
     values = Values(current or 0, ip, ip6)
-    reason = change_reason(row, values, template.sha, live_text is not None, force)
+    reason = change_reason(row, values, template.sha, live_text is not None, live_serial, force)
     if reason == "first write" and live_serial is not None:
         if render(template.text, Values(live_serial, ip, ip6)) == live_text:
             new_row = _row(template, live_serial, values, now, "adopted the live file")
@@ -146,9 +173,53 @@ def rewrite(
     values = Values(serial, ip, ip6)
     text = render(template.text, values)
     zonecheck.validate(text, template.zone, serial)
+    nsd_check(text, template.zone)
     install(live, text)
     new_row = _row(template, serial, values, now, reason, pending=True)
     return Outcome(template.zone, live.name, "written", serial, current, reason, new_row)
+
+
+def points_at(templates: list[Template], zones_dir: Path,
+              ips: dict[str, tuple[str, str | None]]) -> str | None:
+    """The server (a key of `ips`) whose addresses some live zone file holds exactly as its
+    template renders them, or None when no live file matches a template."""
+    for template in templates:
+        live = zones_dir / template.path.name
+        if template.problem is not None or not live.exists():
+            continue
+        text = live.read_bytes().decode("utf-8", "replace")
+        serial = zonecheck.read_serial(text)
+        if serial is None:
+            continue
+        for server, (ip, ip6) in ips.items():
+            try:
+                if render(template.text, Values(serial, ip, ip6)) == text:
+                    return server
+            except TemplateError:
+                break
+    return None
+
+
+def nsd_check(text: str, zone: str) -> None:
+    """NSD's own check of the new text, where NSD is installed: a zone dnspython loads but NSD
+    refuses (data out of the zone, two CNAMEs at a name) would replace the live zone, and NSD
+    would drop it at the reload (SERVFAIL) while its reload still says ok. Raises
+    TemplateError with NSD's reason and the line."""
+    tool = shutil.which("nsd-checkzone")
+    if tool is None:
+        return
+    with tempfile.NamedTemporaryFile(suffix=".zone") as candidate:
+        candidate.write(text.encode())
+        candidate.flush()
+        done = subprocess.run([tool, zone, candidate.name], capture_output=True, text=True,
+                              timeout=CHECK_TIMEOUT, check=False)
+    if done.returncode == 0:
+        return
+    said = (done.stderr + done.stdout).replace(candidate.name, "")
+    found = _NSD_ERROR.search(said)
+    if found is None:
+        raise TemplateError(f"nsd-checkzone refuses it: {' '.join(said.split())[:300]}")
+    raise TemplateError(f"{found.group(2)} (nsd-checkzone)", int(found.group(1)))
 
 
 def failed(template: Template, message: str) -> Outcome:
@@ -159,22 +230,30 @@ def failed(template: Template, message: str) -> Outcome:
 def install(path: Path, text: str) -> None:
     """Atomically replace `path` with `text`, keeping the old file as `path`.prev.
 
-    The new file gets the old one's permission bits (0644 when new): mkstemp's 0600 would
-    hide the zone from an NSD that runs as another user.
+    The new file gets the old one's permission bits (0644 when new), owner and group:
+    mkstemp's 0600, or root's group when cron runs this as root, would hide the zone from an
+    NSD that runs as another user (it then serves SERVFAIL, though its reload says ok).
     """
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    if path.exists():
-        _replace_with(path.with_name(path.name + ".prev"), lambda tmp: shutil.copy2(path, tmp))
-    _replace_with(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), mode)
+    old = path.stat() if path.exists() else None
+    mode = old.st_mode & 0o777 if old else 0o644
+    if old:
+        _replace_with(path.with_name(path.name + ".prev"), lambda tmp: shutil.copy2(path, tmp),
+                      mode, old)
+    _replace_with(path, lambda tmp: Path(tmp).write_bytes(text.encode()), mode, old)
 
 
-def _replace_with(path: Path, fill: Callable[[str], object], mode: int | None = None) -> None:
+def _replace_with(path: Path, fill: Callable[[str], object], mode: int,
+                  owner: os.stat_result | None) -> None:
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
         fill(tmp)
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, mode)
+        if owner is not None and (owner.st_uid, owner.st_gid) != _ids(tmp):
+            try:
+                os.chown(tmp, owner.st_uid, owner.st_gid)
+            except PermissionError:
+                pass  # not root: the file is ours, as the old one was (or root's to fix)
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
         os.replace(tmp, path)
@@ -186,6 +265,11 @@ def _replace_with(path: Path, fill: Callable[[str], object], mode: int | None = 
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _ids(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_uid, st.st_gid
 
 
 def _row(

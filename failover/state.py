@@ -124,6 +124,11 @@ class State:
             "UPDATE failover_zone SET pending = ? WHERE zone = ?", (int(pending), zone)
         )
 
+    def has_health(self) -> bool:
+        """Whether any health was ever saved (a new or lost state store has none)."""
+        return self.store.conn.execute(
+            "SELECT 1 FROM failover_health WHERE id = 1").fetchone() is not None
+
     def health(self) -> tuple[Health, datetime | None]:
         """The remembered health (defaults before any check) and when main was last checked."""
         row = self.store.conn.execute(

@@ -39,13 +39,17 @@ class Values:
 def zone_name(file_name: str, text: str) -> str:
     """The zone a template serves, without the trailing dot.
 
-    The first `$ORIGIN` directive wins, because it is what the zone file itself says; otherwise
-    the file name without a trailing ".zone".
+    A `$ORIGIN` before the first record wins, because it is what the zone file itself says;
+    otherwise the file name without a trailing ".zone". A `$ORIGIN` further down (for the
+    records of a subdomain, as `_tcp`) names no zone.
     """
     for line in text.splitlines():
         found = _ORIGIN.match(line)
         if found:
             return found.group(1).rstrip(".").lower() or "."
+        code = line.split(";", 1)[0].strip()
+        if code and not code.startswith("$"):
+            break  # the first record
     name = file_name.removesuffix(".zone")
     return name.rstrip(".").lower()
 
@@ -117,7 +121,13 @@ def _serial_spans(code: str) -> list[tuple[int, int]]:
         if token.group().upper() == "SOA":
             after = index + 1
             break
-    numbers = [t.span() for t in tokens[after:] if t.group().isdigit()]
+    numbers = []
+    for token in tokens[after:]:
+        word = token.group()
+        digits = word.strip("()")  # "(2024010101": NSD reads the paren apart from the number
+        if digits.isdigit():
+            start = token.start() + word.index(digits)
+            numbers.append((start, start + len(digits)))
     if after:
         return numbers[:1]
     return numbers

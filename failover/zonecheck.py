@@ -17,6 +17,7 @@ import dns.zone
 from failover.errors import TemplateError
 
 _PREFIX = re.compile(r"^<string>:\d+:\s*")
+_GENERATE = re.compile(r"^\$GENERATE\b", re.IGNORECASE | re.MULTILINE)
 # dnspython's message for a value it cannot parse (e.g. 203.0.113.999) says nothing useful.
 _VAGUE = "Text input is malformed."
 
@@ -49,6 +50,8 @@ def validate(text: str, zone: str, serial: int) -> None:
     Checks what NSD would otherwise discover only after a reload (and then drop the zone):
     syntax, valid addresses, an SOA and NS records at the origin, and the serial actually set.
     """
+    if _GENERATE.search(text):
+        raise TemplateError("$GENERATE is not something NSD reads: write the records out")
     source = _LineTracker(text)
     try:
         parsed = dns.zone.from_text(
@@ -60,6 +63,7 @@ def validate(text: str, zone: str, serial: int) -> None:
         raise TemplateError(f"no NS record at the zone origin {zone}.: add one") from None
     except dns.exception.DNSException as exc:
         raise _located(exc, text, source.content_line) from None
+    _check_names(parsed)
     soa = parsed.get_rdataset(zone + ".", dns.rdatatype.SOA)
     assert soa is not None  # from_text checked the origin
     if soa[0].serial != serial:
@@ -67,6 +71,18 @@ def validate(text: str, zone: str, serial: int) -> None:
             f"the SOA serial is {soa[0].serial}, not the new {serial}: put @serial number@ "
             "in place of the serial, or in the comment after it"
         )
+
+
+def _check_names(parsed: dns.zone.Zone) -> None:
+    """What dnspython loads but NSD refuses, dropping the whole zone at its reload. (Data out
+    of the zone, or a second CNAME, dnspython drops silently: nsd-checkzone catches those,
+    see rewrite.nsd_check.)"""
+    dnames = [name for name, node in parsed.nodes.items()
+              if node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.DNAME) is not None]
+    for name in parsed.nodes:
+        below = next((d for d in dnames if name != d and name.is_subdomain(d)), None)
+        if below is not None:
+            raise TemplateError(f"{name} is below the DNAME at {below}: NSD refuses the zone")
 
 
 def _located(exc: Exception, text: str, line: int) -> TemplateError:

@@ -122,3 +122,38 @@ def test_check_defaults_follow_the_type(tmp_path):
     imap, smtp = load(path).checks[1:]
     assert (imap.port, imap.label) == (993, "imap 192.0.2.10:993")
     assert smtp.port == 25
+
+
+def test_values_that_passed_validation_and_then_crashed_a_run_are_refused():
+    """Each of these once passed validation, then ended every check or run in a traceback
+    ("internal error"), or in a zone no server could use."""
+    document = tomllib.loads(
+        """
+        [failover]
+        main_ip = 3221225994
+        backup_ip = "198.51.100.20"
+        main_ip6 = "fe80::1%eth0"
+        backup_ip6 = "2001:db8::20"
+        templates = "/t"
+        zones_dir = "/z"
+        verify_timeout = inf
+        notify_timeout = nan
+        [[failover.check]]
+        type = "http"
+        url = "http://127.0.0.1:8o/"
+        [[failover.check]]
+        type = "http"
+        url = "http://[2001:db8::10/"
+        """
+    )
+    problems = validate(document)
+    for expected in [
+        "failover.main_ip: must be an IPv4 address, not 3221225994",
+        "failover.main_ip6: must be an IPv6 address, not 'fe80::1%eth0'",
+        "failover.verify_timeout: must be",
+        "failover.notify_timeout: must be",
+        "failover.check[0].url: must be an http:// or https:// URL: ",
+        "failover.check[1].url: must be an http:// or https:// URL: ",
+    ]:
+        assert any(p.startswith(expected) for p in problems), (expected, problems)
+    assert len(problems) == 6, problems

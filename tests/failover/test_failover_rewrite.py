@@ -1,6 +1,7 @@
 """Zone rewriting on files (no NSD): minimal vs forced mode, serial safety, failures per zone."""
 
 import os
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -196,12 +197,79 @@ def test_a_missing_templates_dir_is_a_clear_error(setup):
         engine.rewrite_zones(config, state, force=False, now=DAY)
 
 
-def test_two_templates_for_one_zone_are_refused(setup):
+def test_two_templates_for_one_zone_fail_that_zone_and_the_others_proceed(setup):
     config, state, zones = setup
     (config.templates / "copy").write_text("$ORIGIN example.test.\n" + TEMPLATE)
-    with pytest.raises(DirectoryError, match="both serve zone example.test: remove one"):
-        engine.rewrite_zones(config, state, force=False, now=DAY)
-    assert not list(zones.iterdir())
+    report = engine.rewrite_zones(config, state, force=False, now=DAY)
+    assert [z.outcome.status for z in report.zones] == ["failed", "failed", "written"]
+    assert "all serve zone example.test: remove all but one" in report.problems()[0]
+    assert report.exit_code == 1
+    assert sorted(p.name for p in zones.iterdir()) == ["other.test"]
+
+
+def test_an_unreadable_template_fails_its_zone_and_backups_are_not_templates(setup):
+    config, state, zones = setup
+    (config.templates / "example.test.zone~").write_text(TEMPLATE)  # an editor's backup
+    (config.templates / "broken.test").write_bytes(b"; caf\xe9\n" + TEMPLATE.encode())
+    report = engine.rewrite_zones(config, state, force=False, now=DAY)
+    assert {z.outcome.zone: z.outcome.status for z in report.zones} == {
+        "broken.test": "failed", "example.test": "written", "other.test": "written"}
+    assert "cannot read template" in report.problems()[0]
+
+
+def test_a_zone_installed_but_not_recorded_is_rewritten_when_dns_goes_back(setup, monkeypatch):
+    """A run that stopped between installing a zone (backup's IP) and saving its row (disk
+    full, killed): minimal mode must not trust the row, which still says main's IP."""
+    config, state, zones = setup
+    engine.hold(config, state, "main", DAY)
+    monkeypatch.setattr(state, "save_zone", lambda row: None)  # the row is never saved
+    engine.hold(config, state, "backup", DAY + timedelta(minutes=1))
+    assert BACKUP_IP in (zones / "example.test.zone").read_text()
+    monkeypatch.undo()
+    report = engine.hold(config, state, "main", DAY + timedelta(minutes=2))
+    assert report.zones[0].outcome.status == "written", report.zones[0].outcome
+    assert BACKUP_IP not in (zones / "example.test.zone").read_text()
+
+
+def test_a_lost_state_store_during_an_outage_keeps_dns_on_the_backup(setup, tmp_path):
+    config, state, zones = setup
+    engine.hold(config, state, "backup", DAY)
+    engine.release(state, DAY)
+    fresh = open_state(tmp_path / "new-state.sqlite3")
+    report = engine.rewrite_zones(config, fresh, force=False, now=DAY + timedelta(hours=1))
+    assert report.health.active == "backup"
+    assert [z.outcome.status for z in report.zones] == ["adopted", "adopted"]
+    assert BACKUP_IP in (zones / "example.test.zone").read_text()
+    fresh.close()
+
+
+def test_crlf_live_files_are_adopted_after_a_lost_state_store(setup, tmp_path):
+    config, state, zones = setup
+    for template in config.templates.iterdir():
+        template.write_bytes(template.read_bytes().replace(b"\n", b"\r\n"))
+    engine.rewrite_zones(config, state, force=False, now=DAY)
+    assert b"\r\n" in (zones / "other.test").read_bytes()
+    fresh = open_state(tmp_path / "new-state.sqlite3")
+    report = engine.rewrite_zones(config, fresh, force=False, now=DAY + timedelta(days=1))
+    assert [z.outcome.status for z in report.zones] == ["adopted", "adopted"]
+    fresh.close()
+
+
+def test_zones_nsd_would_refuse_never_replace_the_live_zone(setup):
+    """dnspython loads these, NSD drops the whole zone at its reload (SERVFAIL)."""
+    config, state, zones = setup
+    engine.rewrite_zones(config, state, force=False, now=DAY)
+    before = snapshot(zones)
+    template = config.templates / "example.test.zone"
+    for extra, why in [("ns3.example.net. IN A 192.0.2.53\n", "out of zone"),
+                       ("c IN CNAME a.test.\nc IN CNAME b.test.\n", "CNAME"),
+                       ("d IN DNAME x.test.\ne.d IN A 192.0.2.9\n", "below the DNAME"),
+                       ("$GENERATE 1-3 h$ A 192.0.2.$\n", "$GENERATE")]:
+        template.write_text(TEMPLATE + extra)
+        report = engine.rewrite_zones(config, state, force=False, now=DAY)
+        assert report.zones[0].outcome.status == "failed", extra
+        assert why in report.problems()[0], report.problems()
+        assert snapshot(zones) == before
 
 
 def test_the_live_files_mode_is_kept(setup):
@@ -210,3 +278,26 @@ def test_the_live_files_mode_is_kept(setup):
     os.chmod(zones / "example.test.zone", 0o640)
     engine.rewrite_zones(config, state, force=True, now=DAY)
     assert (zones / "example.test.zone").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_reload_command_that_cannot_run_is_one_problem_per_zone(setup, tmp_path):
+    config, state, zones = setup
+    script = tmp_path / "reload-nsd"
+    script.write_text("nsd-control reload $1\n")  # no #! line, and not executable
+    config = replace(config, reload=(str(script), "{zone}"))
+    report = engine.rewrite_zones(config, state, force=False, now=DAY)
+    assert [z.outcome.status for z in report.zones] == ["written", "written"]
+    assert report.exit_code == 1
+    assert all("cannot run" in p and "[failover] reload" in p for p in report.problems())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_the_live_files_owner_and_group_are_kept(setup):
+    """cron runs failover as root; NSD reads the zones as its own user through the group."""
+    config, state, zones = setup
+    engine.rewrite_zones(config, state, force=False, now=DAY)
+    os.chown(zones / "example.test.zone", 65534, 65534)
+    engine.rewrite_zones(config, state, force=True, now=DAY)
+    for name in ("example.test.zone", "example.test.zone.prev"):
+        st = (zones / name).stat()
+        assert (st.st_uid, st.st_gid) == (65534, 65534), name

@@ -125,3 +125,15 @@ def test_the_documented_example_template_renders_to_a_valid_zone():
     rendered = render(docs.read_text(), Values(2024020100, "198.51.100.20"))
     validate(rendered, zone_name(docs.name, rendered), 2024020100)
     assert rendered.count("198.51.100.20") == 5  # ns1, mx2, and the three marked names
+
+
+def test_a_serial_glued_to_its_paren_is_the_one_replaced():
+    line = "@ IN SOA ns1.example. host.example. (2024010101 300 60 7257600 300) ; @serial number@\n"
+    assert "(2024030507 300 60 " in render(line, VALUES)
+
+
+def test_an_origin_after_the_first_record_names_no_zone():
+    text = "$TTL 60\n@ IN SOA a. b. 1 2 3 4 5\n$ORIGIN _tcp.example.test.\n_sip IN SRV 0 0 1 x.\n"
+    assert zone_name("example.test.zone", text) == "example.test"
+    assert zone_name("x", "; hi\n$TTL 60\n$ORIGIN example.test.\n@ IN SOA a. b. 1 2 3 4 5\n") \
+        == "example.test"
