@@ -273,8 +273,12 @@ def watch(
     Exit codes: 0 stopped by a signal, 2 usage/config error, 3 fatal (state store).
     """
     try:
+        from mailmirror.errors import UsageError
         from mailmirror.transport.options import SshOptions
 
+        for name, seconds in (("--interval", interval), ("--poll", poll)):
+            if not seconds > 0:  # 0 would sync (or poll) without pause, for ever
+                raise UsageError(f"{name} must be more than 0 seconds, not {seconds:g}")
         ssh = SshOptions(ssh_config, identity, known_hosts, remote_command, sftp=sftp)
         # live mode holds its own connections for as long as it runs: no keepers
         jobs, settings = _prepare(a, b, False, prefer, False, allow_empty, layout, separator,

@@ -220,10 +220,14 @@ class Runner:
         """Whether a replica's connection is still open (a dropped one cannot say bye)."""
         return session is None or any(s is session for s in self.sessions.values())
 
-    def drop(self, address: str) -> None:
-        """Forget the SSH session behind `address` (it failed); the next open() reconnects."""
+    def drop(self, address: str, keep: str | None = None) -> None:
+        """Forget the SSH session behind `address` (it failed, or is left); the next open()
+        reconnects. Not when it is also the session of `keep` (the same host)."""
         parsed = parse_address(address)
         if isinstance(parsed, str):
+            return
+        kept = parse_address(keep) if keep is not None else None
+        if isinstance(kept, Remote) and _key(kept) == _key(parsed):
             return
         session = self.sessions.pop(_key(parsed), None)
         if session is not None:
@@ -242,9 +246,14 @@ class Runner:
         from mailmirror.transport.ssh import SshSession
 
         key = _key(remote)
-        if key not in self.sessions:
-            self.sessions[key] = SshSession(remote, options)
-        return self.sessions[key]
+        cached = self.sessions.get(key)
+        if cached is not None and not cached.alive():
+            # its connection ended since (a long-running watch): a new one, not a dead end
+            cached.close()
+            cached = None
+        if cached is None:
+            cached = self.sessions[key] = SshSession(remote, options)
+        return cached
 
 
 def _key(remote: Remote) -> tuple[str, int | None, str | None]:

@@ -141,6 +141,10 @@ class SshSession:
     def is_open(self) -> bool:
         return not self._loop.loop.is_closed()
 
+    def alive(self) -> bool:
+        """Whether the connection still stands (a server restart or a dropped link ends it)."""
+        return self.is_open() and not self.conn.is_closed()
+
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
         try:
             return self._loop.run(coro, timeout)

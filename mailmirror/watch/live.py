@@ -166,6 +166,7 @@ class Live:
                 continue
             self._close(slot)
             self.runner.close(current.b)
+            self.runner.drop(current.b_address, keep=candidates[index])
             self._attach(i, slot, Pair(slot.job, current.a, b, candidates[index]))
             return
 
@@ -260,7 +261,9 @@ class Live:
         self.runner.drop(slot.job.a)
         slot.pair = None
         slot.epoch += 1
-        self._backoff(slot, None)
+        # the first retry comes soon, and its failure is said (then they back off quietly)
+        slot.delay = 0.0
+        slot.retry_at = time.monotonic() + self.options.backoff_first
 
     def _backoff(self, slot: _Slot, why: str | None) -> None:
         first = slot.delay == 0.0

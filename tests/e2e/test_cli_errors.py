@@ -167,3 +167,15 @@ def test_keep_connection_out_of_range_is_a_usage_error(cli: Cli, scratch: Path,
     line = sync(cli, a, b, "--keep-connection", "-1").assert_clean_error(2)
     assert "--keep-connection must be 0 to 86400 seconds" in line, line
     assert (tree_listing(a), tree_listing(b)) == before
+
+
+def test_watch_needs_an_interval_and_a_poll_of_more_than_zero(cli: Cli, scratch: Path,
+                                                               user: User) -> None:
+    """0 (or less) once started a watch that synced without pause, a core busy for ever."""
+    a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG})
+    for option, value in (("--interval", "0"), ("--poll", "-1"), ("--interval", "nan")):
+        run = cli.run("watch", str(a), str(scratch / "B"), "--state", str(scratch / "s.db"),
+                      option, value)
+        line = run.assert_clean_error(2)
+        assert option in line and "more than 0 seconds" in line, line
+    assert not (scratch / "B").exists()

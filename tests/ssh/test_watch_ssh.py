@@ -117,11 +117,21 @@ def test_profile_falls_over_to_the_backup_and_returns_to_main(ssh_rig: SshRig,
         deliver(on_main, "1700000103.M1P1.main")
         watch.wait_for(lambda: "1700000103.M1P1.main" in keys(laptop), SETTLE,
                        "live from main again")
+
+        # the backup's old connection drops (sshd restarted there), then main dies again:
+        # the backup must be reached anew, not through the connection that ended
+        kill_sessions(ssh_rig.servers["b"])
+        crash(ssh_rig, "a")
+        watch.wait_log("remote switched:", count=3)
+        deliver(on_backup, "1700000104.M1P1.backup")
+        watch.wait_for(lambda: "1700000104.M1P1.backup" in keys(laptop), SETTLE,
+                       "live from the backup again")
         assert watch.stop() == 0, watch.log()
     assert "Traceback" not in watch.log(), watch.log()
     switched = [line for line in watch.lines if "remote switched:" in line]
     assert "backup:Maildir" in switched[0] and "main:Maildir" in switched[1], switched
-    assert len(keys(laptop)) == 4
+    assert "backup:Maildir" in switched[2].split("(was")[0], switched
+    assert len(keys(laptop)) == 5
 
 
 def test_one_watch_serves_every_user_of_a_profile(ssh_rig: SshRig, tmp_path: Path) -> None:
