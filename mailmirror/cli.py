@@ -10,6 +10,7 @@ configuration error; 3 fatal (a replica or the state store cannot be reached, re
 from __future__ import annotations
 
 import json
+import shlex
 import sqlite3
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from mailmirror.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, MailmirrorError, StoreError
+from mailmirror.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, MailmirrorError
 
 if TYPE_CHECKING:
     from mailmirror.jobs import Job, Settings
@@ -75,9 +76,9 @@ def _fail(exc: BaseException, debug: bool) -> None:
 def _user_error(exc: BaseException) -> BaseException:
     """The one-line form of database and OS errors (MailmirrorErrors are one line already)."""
     if isinstance(exc, sqlite3.Error):
-        return StoreError(f"state database is damaged ({exc}); it was left untouched: move "
-                          "it aside and the next sync starts safely from scratch (no "
-                          "deletions), or use --state PATH")
+        from mailmirror.store import store_error
+
+        return store_error(exc)
     if isinstance(exc, OSError):
         return MailmirrorError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
     return exc
@@ -224,8 +225,11 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
         raise UsageError(f"--separator must be one of {' '.join(SEPARATORS)}")
     options = SyncOptions(prefer=Side(prefer), dry_run=dry_run, full=full,
                           allow_empty=allow_empty, **safety_options)  # type: ignore[arg-type]
-    return jobs, Settings(state or paths.default_state_path(), options, ssh, layout, separator,
-                          lock_timeout, timeout, remote, keep_connection or 0.0)
+    # expanded once: the store and the pair lock beside it must be found at one place ('~'
+    # reaches us unexpanded from systemd units and quoted crontab lines)
+    state_path = (state or paths.default_state_path()).expanduser().absolute()
+    return jobs, Settings(state_path, options, ssh, layout, separator, lock_timeout, timeout,
+                          remote, keep_connection or 0.0)
 
 
 @app.command()
@@ -308,8 +312,8 @@ def status(
     try:
         with open_store(state or paths.default_state_path()) as store:
             runs = SyncState(store).runs()
-    except MailmirrorError as exc:
-        _fail(exc, debug)
+    except (MailmirrorError, OSError, sqlite3.Error) as exc:
+        _fail(_user_error(exc), debug)
     if json_out:
         print(json.dumps({"pairs": runs}, indent=2))
         return
@@ -396,7 +400,8 @@ def init(
         if isinstance(exc, OSError):
             exc = MailmirrorError(f"cannot write {exc.filename or path}: {exc.strerror or exc}")
         _fail(exc, debug)
-    print(f"wrote {path}: edit it, then run `mailmirror config check --config {path}`")
+    print(f"wrote {path}: edit it, then run `mailmirror config check --config "
+          f"{shlex.quote(str(path))}`")
 
 
 quarantine_app = typer.Typer(
@@ -421,8 +426,8 @@ def quarantine_list(maildir: MaildirArg, layout: LayoutOpt = "maildir++",
     try:
         root = check_local(maildir, layout)
         items = [quarantine.describe(i, separator) for i in quarantine.entries(root, layout)]
-    except MailmirrorError as exc:
-        _fail(exc, debug)
+    except (MailmirrorError, OSError) as exc:
+        _fail(_user_error(exc), debug)
     if json_out:
         print(json.dumps({"maildir": str(root), "messages": items}, indent=2))
         return

@@ -16,6 +16,7 @@ from mailmirror.maildir.names import SEPARATORS
 from mailmirror.maildir.quarantine import MAX_KEEP_DAYS
 from mailmirror.transport.options import MAX_KEEP_SECONDS
 
+MAX_TIMEOUT = 3600  # a profile's timeout, in seconds (nan and inf would break every wait)
 PROFILE_KEYS = {"a", "b", "local", "remotes", "users", "layout", "separator", "prefer",
                 "remote_command", "ssh_config", "identity", "known_hosts", "timeout",
                 "max_delete", "quarantine_days", "keep_connection"}
@@ -50,7 +51,7 @@ def read_config(path: Path) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found: create it (see docs/configuration.md) "
                           "or pass --config FILE") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
@@ -81,12 +82,21 @@ def profile_problems(name: str, table: object) -> list[str]:
     users = table.get("users")
     if users is not None and (not isinstance(users, list) or not all(map(_is_text, users))):
         problems.append(f"{where}: users must be a list of user names")
+    elif users is not None and len(users) > 1:
+        # one maildir for every user on one side would mix their mail through it
+        sides = [table.get(k) for k in ("a", "b", "local")] + list(table.get("remotes") or [])
+        for address in filter(_is_text, sides):
+            if "{user}" not in address:
+                problems.append(f"{where}: with users, {address!r} must hold {{user}} (each "
+                                "user's own maildir), or every user's mail would meet there")
     for key in ("remote_command", "ssh_config", "identity", "known_hosts"):
         if key in table and not _is_text(table[key]):
             problems.append(f"{where}: {key} must be a string")
     timeout = table.get("timeout", 10)
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-        problems.append(f"{where}: timeout must be a positive number of seconds")
+    if (not isinstance(timeout, int | float) or isinstance(timeout, bool)
+            or not 0 < timeout <= MAX_TIMEOUT):
+        problems.append(f"{where}: timeout must be a number of seconds, more than 0 and at "
+                        f"most {MAX_TIMEOUT}")
     if table.get("layout", MAILDIRPP) not in LAYOUTS:
         problems.append(f"{where}: layout must be one of {', '.join(LAYOUTS)}")
     if table.get("separator", ":") not in SEPARATORS:
@@ -112,6 +122,9 @@ def load_profile(path: Path, name: str) -> Profile:
     """The named profile, or ConfigError listing every problem found in it."""
     config = read_config(path)
     profiles = config.get("profile", {})
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{path}: profile must be tables ([profile.NAME]), not "
+                          f"{type(profiles).__name__}")
     if name not in profiles:
         known = ", ".join(sorted(profiles)) or "none"
         raise ConfigError(f"no profile {name!r} in {path} (profiles: {known}); "

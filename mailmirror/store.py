@@ -124,8 +124,29 @@ def open_store(path: Path, readonly: bool = False) -> Store:
         conn.execute(_META)
         _check_now_and_then(conn, created, readonly)
     except sqlite3.Error as exc:
-        raise StoreError(
-            f"state database {path} is unusable ({exc}); it was left untouched: move it aside "
-            "and the next sync starts safely from scratch (no deletions), or use --state PATH"
-        ) from exc
+        raise store_error(exc, path) from exc
     return Store(path, conn, created)
+
+
+def store_error(exc: sqlite3.Error, path: Path | None = None) -> StoreError:
+    """The one line for an SQLite error on the state database.
+
+    "Move it aside" only when it is damaged: a full disk, a read-only file or a busy
+    database is not, and moving it aside would throw a good base away (the next sync is
+    then a first one, and deletions not yet synced come back).
+    """
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    where = f"state database {path}" if path else "state database"
+    if name == "SQLITE_FULL":
+        return StoreError(f"{where}: the disk is full ({exc}): free some space and run "
+                          "again; the database itself is fine")
+    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")):
+        return StoreError(f"{where} cannot be written ({exc}): fix the permissions of the "
+                          "file and its directory (run as their owner), or use --state PATH")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return StoreError(f"{where} is busy ({exc}): another process holds it; run again")
+    if name.startswith("SQLITE_IOERR"):
+        return StoreError(f"{where}: input/output error ({exc}): check the disk, then run again")
+    return StoreError(f"{where} is damaged ({exc}); it was left untouched: move it aside and "
+                      "the next sync starts safely from scratch (no deletions), or use "
+                      "--state PATH")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mailmirror.errors import SafetyStop
+from mailmirror.errors import SafetyStop, UsageError
 from mailmirror.maildir import quarantine
 from mailmirror.maildir.folders import create_folder, folder_dir
 from mailmirror.replica.local import ID_FILE, open_local
@@ -211,10 +211,10 @@ def test_restore_refuses_unknown_keys_and_never_duplicates(tmp_path: Path,
     os.unlink(a / "cur" / f"{keys[0]}:2,S")
     run(a, b, state)
     with pytest.raises(UsageError, match="not in the quarantine"):
-        quarantine.restore_keys(b, "maildir++", ":", [keys[0], "nope"])
+        list(quarantine.restore_keys(b, "maildir++", ":", [keys[0], "nope"]))
     (b / "cur" / f"{keys[0]}:2,FS").write_bytes(b"came back")  # e.g. copied back by hand
     with pytest.raises(UsageError, match="already in"):
-        quarantine.restore_keys(b, "maildir++", ":", [keys[0]])
+        list(quarantine.restore_keys(b, "maildir++", ":", [keys[0]]))
     assert len(list(quarantine.entries(b))) == 1
 
 
@@ -229,3 +229,24 @@ def test_sync_prunes_the_quarantine_after_the_retention(tmp_path: Path,
     (old / "1.M1P1.old:2,S").write_bytes(b"old")
     run(a, b, state)
     assert not old.exists()
+
+
+def test_restore_with_another_separator_than_the_maildirs_is_refused(tmp_path: Path,
+                                                                     state: SyncState) -> None:
+    """A ';' maildir restored as ':': the fresh name kept the old key (before the ';'), and
+    the next sync deleted the message again, its tombstone matching."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    open_local(a, sep=";")
+    key = "1700000000.M1P1.host"
+    (a / "cur" / f"{key};2,").write_bytes(b"message\n\n")
+    sync(open_local(a, sep=";"), open_local(b, sep=";"), state, SyncOptions())
+    os.unlink(a / "cur" / f"{key};2,")
+    sync(open_local(a, sep=";"), open_local(b, sep=";"), state, SyncOptions())
+    (held,) = quarantine.entries(b)
+    with pytest.raises(UsageError, match="uses --separator ';'"):
+        list(quarantine.restore_keys(b, "maildir++", ":", [held.key(":")]))
+    assert list(quarantine.entries(b)) == [held]
+    ((_, relname),) = quarantine.restore_keys(b, "maildir++", ";", [key])
+    report = sync(open_local(a, sep=";"), open_local(b, sep=";"), state, SyncOptions())
+    assert report.counts == {"copy b->a": 1}
+    assert os.listdir(a / "cur") == [relname.split("/")[1]]

@@ -33,7 +33,14 @@ from mailmirror.maildir.folders import (
     list_folders,
 )
 from mailmirror.maildir.fsops import fsync_dir, rename_noreplace
-from mailmirror.maildir.names import InvalidName, check_name, fresh_unique, key_of, parse_name
+from mailmirror.maildir.names import (
+    SEPARATORS,
+    InvalidName,
+    check_name,
+    fresh_unique,
+    key_of,
+    parse_name,
+)
 
 P = TypeVar("P", bound=PurePath)
 
@@ -193,12 +200,18 @@ def present_keys(root: Path, layout: str, sep: str) -> dict[str, str]:
     return found
 
 
-def restore_keys(root: Path, layout: str, sep: str, keys: list[str]) -> list[tuple[str, str]]:
-    """Restore the newest quarantined message of each key; (folder, relname) of each.
+def restore_keys(root: Path, layout: str, sep: str, keys: list[str]
+                 ) -> Iterator[tuple[str, str]]:
+    """Restore the newest quarantined message of each key, yielding (folder, relname) as
+    each is back (so a failure on a later one leaves the earlier ones said).
 
     Raises UsageError (nothing restored) when a key is not in the quarantine or is still in
-    the maildir: restoring it would make a second copy.
+    the maildir (restoring it would make a second copy), or when its name shows another
+    separator than `sep` (its fresh name would keep the old key, and the next sync would
+    delete it again).
     """
+    if sep not in SEPARATORS:
+        raise UsageError(f"--separator must be one of {' '.join(SEPARATORS)}")
     newest: dict[str, Quarantined] = {}
     for item in entries(root, layout):
         newest[item.key(sep)] = item  # entries() runs oldest day first
@@ -210,7 +223,14 @@ def restore_keys(root: Path, layout: str, sep: str, keys: list[str]) -> list[tup
     there = [f"{k} (in {present[k]})" for k in keys if k in present]
     if there:
         raise UsageError(f"already in {root}, not restored: {', '.join(there)}")
-    return [(newest[k].folder, restore(root, layout, sep, newest[k])) for k in dict.fromkeys(keys)]
+    for k in keys:
+        name = newest[k].name
+        other = next((s for s in SEPARATORS if s != sep and f"{s}2," in name), None)
+        if other is not None and f"{sep}2," not in name:
+            raise UsageError(f"{name} has {other!r} between its key and flags: this maildir "
+                             f"uses --separator {other!r}; nothing restored")
+    for k in dict.fromkeys(keys):
+        yield newest[k].folder, restore(root, layout, sep, newest[k])
 
 
 def listing_lines(items: list[dict[str, str | int]]) -> list[str]:

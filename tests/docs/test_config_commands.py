@@ -7,6 +7,7 @@ and never replace a file unless told to.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +62,7 @@ bogus = 1
 
 EXPECTED = [
     (4, "[profile.laptop]: remotes must be a list of addresses"),
-    (8, "[profile.laptop]: timeout must be a positive number of seconds"),
+    (8, "[profile.laptop]: timeout must be a number of seconds, more than 0 and at most 3600"),
     (9, "[profile.laptop]: keep_connection must be 0 to 86400 seconds"),
     (10, "[profile.laptop]: unknown key 'colour'"),
     (12, "[profile.pair]: b must be a maildir path or address"),
@@ -166,3 +167,12 @@ def test_init_default_path_and_unknown_role(tmp_path: Path) -> None:
 
     assert bad.returncode == 2 and "--role must be one of server, backup, desktop" in bad.stderr
     assert good.returncode == 0 and (tmp_path / "c" / "config.toml").exists()
+
+
+def test_the_command_init_prints_runs_as_printed_with_a_space_in_the_path(tmp_path: Path) -> None:
+    config = tmp_path / "my conf" / "config.toml"
+    made = mailmirror("init", "--role", "desktop", "--output", str(config))
+    printed = made.stdout.split("run `", 1)[1].split("`", 1)[0]
+    assert printed.startswith("mailmirror ")
+    checked = mailmirror(*shlex.split(printed)[1:])
+    assert checked.returncode == 0 and checked.stdout == f"{config}: ok\n", checked.stderr

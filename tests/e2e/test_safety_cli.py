@@ -149,3 +149,16 @@ def test_state_database_from_a_newer_version_is_refused(cli: Cli, scratch: Path,
         assert conn.execute("SELECT version FROM schema WHERE component='sync'").fetchone() \
             == (99,)
     conn.close()
+
+
+def test_a_tilde_in_state_reaches_one_store_and_one_lock(cli: Cli, scratch: Path,
+                                                         user: User) -> None:
+    """systemd units and quoted crontab lines pass '~' unexpanded: the store found it, but
+    the pair lock went to ./~/ of each working directory, so two runs of one pair could
+    overlap."""
+    a, b = tree(scratch / "A", user, 2), scratch / "B"
+    run = cli.run("sync", str(a), str(b), "--state", "~/st/s.db", "--json")
+    assert run.rc == 0, run.stderr
+    home = scratch / "home"
+    assert (home / "st" / "s.db").exists() and list((home / "st" / "locks").iterdir())
+    assert not Path("~").exists() and not (scratch / "~").exists()

@@ -1,0 +1,44 @@
+"""Profile shapes that once passed `config check`, or crashed `sync` with a traceback: each is
+now one ConfigError line naming the problem (exit 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailmirror.config import load_profile, profile_problems
+from mailmirror.errors import ConfigError
+
+
+def test_a_profile_key_that_is_not_a_table_is_one_line(tmp_path: Path) -> None:
+    for text in ("profile = 5\n", 'profile = "abc"\n'):
+        path = tmp_path / "config.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=r"profile must be tables \(\[profile.NAME\]\)"):
+            load_profile(path, "abc")
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'[profile.x]\nlocal = "/m/caf\xe9"\nremotes = ["h:M"]\n')
+    with pytest.raises(ConfigError, match="config file .*config.toml"):
+        load_profile(path, "x")
+
+
+def test_with_several_users_each_side_must_name_the_users_own_maildir() -> None:
+    """Without {user} on one side, every user's mail met in that one maildir and spread to
+    every other user's."""
+    table = {"users": ["alice", "bob"], "local": "/home/{user}/Maildir",
+             "remotes": ["backup:/srv/shared"]}
+    assert any("'backup:/srv/shared' must hold {user}" in p
+               for p in profile_problems("servers", table))
+    assert profile_problems("servers", {**table, "remotes": ["backup:/home/{user}/M"]}) == []
+    assert profile_problems("one", {**table, "users": ["alice"]}) == []  # one user: no mixing
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0, 7200])
+def test_a_timeout_must_be_a_finite_number_of_seconds(timeout: float) -> None:
+    table = {"local": "/m", "remotes": ["h:M"], "timeout": timeout}
+    assert any("timeout must be a number of seconds" in p
+               for p in profile_problems("x", table)), timeout
