@@ -58,7 +58,8 @@ class Report:
     transition: Transition | None = None
 
     def problems(self) -> list[str]:
-        return [p for z in self.zones for p in z.problems()]
+        """Each once: templates that serve one zone all carry the same line."""
+        return list(dict.fromkeys(p for z in self.zones for p in z.problems()))
 
     @property
     def exit_code(self) -> int:
@@ -86,7 +87,9 @@ def rewrite_zones(config: Config, state: State, force: bool, now: datetime | Non
     """`failover zones`: rewrite for the server DNS points at now, without checking main."""
     now = now or datetime.now(UTC)
     with locked(state.path):
-        health, _ = _remembered(config, state)
+        health, checked_at = _remembered(config, state)
+        if not state.has_health():
+            state.save_health(health, checked_at)  # what status shows from now on
         return Report(now, health, apply_zones(config, state, health, now, force))
 
 

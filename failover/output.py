@@ -163,7 +163,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     h = status["health"]
     hold = f", HELD on {h['hold']}" if h["hold"] else ""
     lines = [
-        f"main is {h['state']} ({h['consecutive']} in a row, last checked {h['checked_at']}); "
+        f"main is {h['state']} ({h['consecutive']} in a row, last checked "
+        f"{h['checked_at'] or 'never'}); "
         f"DNS points at {h['active']} since {h['since'] or 'the start'}{hold}"
     ]
     for z in status["zones"]:

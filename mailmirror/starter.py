@@ -74,7 +74,7 @@ DESKTOP = _HEAD.format(title="DESKTOP or LAPTOP", role="desktop") + """
 local = "~/Maildir"
 remotes = ["alice@main.example.org:Maildir", "alice@backup.example.org:Maildir"]
 timeout = 10                           # seconds to wait for a server before trying the next
-# remote_command = "/opt/mailmirror/.venv/bin/mailmirror agent"   # if not on the server's PATH
+# remote_command = "/opt/mailmirror/bin/mailmirror agent"   # if not on the server's PATH
 # identity = "~/.ssh/id_ed25519"
 """
 

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +34,11 @@ from mailmirror.maildir.folders import folder_of_path
 
 EVENTS = [FileCreatedEvent, DirCreatedEvent, FileDeletedEvent, DirDeletedEvent, FileMovedEvent,
           DirMovedEvent]
+# watchdog warns, in many lines on stderr, when a directory it watches is created again
+# before its old watch is gone (a quarantine day, a folder renamed back): it replaces the
+# callback, which is right; watch's log stays one line per change
+warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning,
+                        module="watchdog")
 
 
 class WatchLimit(OSError):

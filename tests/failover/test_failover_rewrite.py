@@ -203,6 +203,7 @@ def test_two_templates_for_one_zone_fail_that_zone_and_the_others_proceed(setup)
     report = engine.rewrite_zones(config, state, force=False, now=DAY)
     assert [z.outcome.status for z in report.zones] == ["failed", "failed", "written"]
     assert "all serve zone example.test: remove all but one" in report.problems()[0]
+    assert len(report.problems()) == 1  # said once, not once per template
     assert report.exit_code == 1
     assert sorted(p.name for p in zones.iterdir()) == ["other.test"]
 
@@ -238,6 +239,7 @@ def test_a_lost_state_store_during_an_outage_keeps_dns_on_the_backup(setup, tmp_
     fresh = open_state(tmp_path / "new-state.sqlite3")
     report = engine.rewrite_zones(config, fresh, force=False, now=DAY + timedelta(hours=1))
     assert report.health.active == "backup"
+    assert fresh.health()[0].active == "backup"  # and `failover status` says so
     assert [z.outcome.status for z in report.zones] == ["adopted", "adopted"]
     assert BACKUP_IP in (zones / "example.test.zone").read_text()
     fresh.close()
