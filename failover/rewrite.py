@@ -155,9 +155,7 @@ def rewrite(
     OSError from the install.
     """
     live = zones_dir / template.path.name
-    # bytes, decoded: reading as text would turn CRLF line ends into LF, and such a file would
-    # never match its own template again
-    live_text = live.read_bytes().decode("utf-8", "replace") if live.exists() else None
+    live_text = _live_text(live)
     live_serial = zonecheck.read_serial(live_text) if live_text is not None else None
     current = serial_max(row.serial if row else None, live_serial)
     values = Values(current or 0, ip, ip6)
@@ -184,10 +182,9 @@ def points_at(templates: list[Template], zones_dir: Path,
     """The server (a key of `ips`) whose addresses some live zone file holds exactly as its
     template renders them, or None when no live file matches a template."""
     for template in templates:
-        live = zones_dir / template.path.name
-        if template.problem is not None or not live.exists():
+        text = _live_text(zones_dir / template.path.name)
+        if template.problem is not None or text is None:
             continue
-        text = live.read_bytes().decode("utf-8", "replace")
         serial = zonecheck.read_serial(text)
         if serial is None:
             continue
@@ -265,6 +262,12 @@ def _replace_with(path: Path, fill: Callable[[str], object], mode: int,
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _live_text(path: Path) -> str | None:
+    """A live zone file's text, or None when there is none. Bytes, decoded: reading as text
+    would turn CRLF line ends into LF, and such a file would never match its template."""
+    return path.read_bytes().decode("utf-8", "replace") if path.exists() else None
 
 
 def _ids(path: str) -> tuple[int, int]:

@@ -225,7 +225,7 @@ class SftpReplica:
             parts = base.relative_to(self.root).parts
             steps = [self.root.joinpath(*parts[:n]) for n in range(1, len(parts) + 1)]
             steps += [base / sub for sub in SUBDIRS]
-            found = await self._gather(self._lstat(step) for step in steps)
+            found = await self._gather(self._stat(step, follow=False) for step in steps)
             for step, attrs in zip(steps, found, strict=True):
                 if attrs is not None and attrs.type == asyncssh.FILEXFER_TYPE_SYMLINK:
                     raise ValueError(f"{step} is a symbolic link: mailmirror never follows one "
@@ -237,11 +237,6 @@ class SftpReplica:
         sub, name = split_relname(ref.relname)
         return _b(await self._checked_dir(ref.folder) / sub / name)
 
-    async def _lstat(self, path: PurePosixPath) -> asyncssh.SFTPAttrs | None:
-        try:
-            return await self.sftp.lstat(_b(path))
-        except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPPermissionDenied):
-            return None
 
     async def _exists(self, path: bytes) -> bool:
         try:
@@ -250,9 +245,9 @@ class SftpReplica:
             return False
         return True
 
-    async def _stat(self, path: PurePosixPath) -> asyncssh.SFTPAttrs | None:
+    async def _stat(self, path: PurePosixPath, follow: bool = True) -> asyncssh.SFTPAttrs | None:
         try:
-            return await self.sftp.stat(_b(path))
+            return await (self.sftp.stat if follow else self.sftp.lstat)(_b(path))
         except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPPermissionDenied):
             return None
 

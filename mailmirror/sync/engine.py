@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from mailmirror.errors import UsageError
 from mailmirror.maildir.names import fresh_unique, key_of, sort_letters
@@ -254,6 +255,9 @@ def _same_bytes(read: list[Message | Result]) -> bool:
     return isinstance(first, Message) and isinstance(second, Message) and first.data == second.data
 
 
+T = TypeVar("T")
+
+
 class _Executor:
     """Applies a plan to both replicas and records the base as decisions complete."""
 
@@ -456,8 +460,7 @@ class _Executor:
             for loc, on_disk in extras:
                 new_unique = fresh_unique(key_of(on_disk), loc.relname)
                 target = self._relname(s, new_unique, loc.entry, loc, unique=new_unique)
-                items.append(Rename(Ref(loc.entry.folder, loc.relname),
-                                    Ref(loc.entry.folder, target)))
+                items.append(Rename(_ref(loc), Ref(loc.entry.folder, target)))
                 notes.append(f"{loc.entry.folder}/{loc.relname} duplicated another message's "
                              f"name on {self.replicas[s].label}: renamed, synced next run")
                 self.touched.add((s, loc.entry.folder))
@@ -523,7 +526,7 @@ class _Executor:
                 target = self._relname(side, action.key, action.entry, loc)
                 self.names[side][action.key] = target
                 dest_folder = action.entry.folder
-            items.append(Rename(Ref(loc.entry.folder, loc.relname), Ref(dest_folder, target)))
+            items.append(Rename(_ref(loc), Ref(dest_folder, target)))
             self.touched.update(((side, loc.entry.folder), (side, dest_folder)))
         results = self._chunked(self.replicas[side].rename, items)
         for (i, action), result in zip(work, results, strict=True):
@@ -535,14 +538,15 @@ class _Executor:
         refs = []
         for _, action in work:
             loc = self.locs[side][action.key]
-            refs.append(Ref(loc.entry.folder, loc.relname))
+            refs.append(_ref(loc))
             self.touched.add((side, loc.entry.folder))
         results = self._chunked(self.replicas[side].delete, refs)
         for (i, action), result in zip(work, results, strict=True):
             self._done(i, action, result)
 
-    def _chunked(self, op: Callable[[list], list[Result]], items: list) -> list:
-        out: list[Result] = []
+    def _chunked(self, op: Callable[[list], list[T]], items: list) -> list[T]:
+        """op over items, batch_count at a time (a request's worth for a remote replica)."""
+        out: list[T] = []
         step = self.options.batch_count
         for start in range(0, len(items), step):
             out.extend(op(items[start:start + step]))
@@ -582,15 +586,9 @@ class _Executor:
         read reply could pass what one frame may hold, on every run.
         """
         unknown = [action for action in copies if action.entry.size is None]
-        locs, step = self.locs[source], self.options.batch_count
-        found: dict[str, int] = {}
-        for start in range(0, len(unknown), step):
-            part = unknown[start:start + step]
-            refs = [Ref(locs[a.key].entry.folder, locs[a.key].relname) for a in part]
-            found.update((a.key, size) for a, size
-                         in zip(part, self.replicas[source].sizes(refs), strict=True)
-                         if size is not None)
-        return found
+        locs = self.locs[source]
+        sizes = self._chunked(self.replicas[source].sizes, [_ref(locs[a.key]) for a in unknown])
+        return {a.key: size for a, size in zip(unknown, sizes, strict=True) if size is not None}
 
     def _copy_in_turn(self, batches: list[list[tuple[int, Copy]]]) -> None:
         """Both sides local: one worker reads and delivers batch n while batch n-1 is recorded.
@@ -650,7 +648,7 @@ class _Executor:
     def _read_batch(self, batch: list[tuple[int, Copy]]) -> list[Message | Result]:
         source = batch[0][1].source
         locs = self.locs[source]
-        refs = [Ref(loc.entry.folder, loc.relname) for loc in (locs[a.key] for _, a in batch)]
+        refs = [_ref(locs[a.key]) for _, a in batch]
         return self.replicas[source].read(refs)
 
     def _deliver_batch(self, batch: list[tuple[int, Copy]],
