@@ -29,10 +29,12 @@ CHECK_EVERY_SECONDS = 86400  # a full integrity check reads the whole file: once
 class Store:
     """An open state database. Use as a context manager or call close()."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, created: bool) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, created: bool,
+                 checked_at: float | None = None) -> None:
         self.path = path
         self.conn = conn
         self.created = created
+        self._checked_at = checked_at  # a check to record once a component's schema is known
 
     def migrate(self, component: str, migrations: Sequence[str]) -> None:
         """Bring `component`'s tables to len(migrations); each entry is one SQL script.
@@ -46,6 +48,7 @@ class Store:
                 f"version understands (v{len(migrations)}): upgrade mailmirror or use --state"
             )
         if have == len(migrations):
+            self._record_check()
             return
         try:
             with self.conn:
@@ -63,6 +66,15 @@ class Store:
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"state database {self.path}: migration failed: {exc}") from exc
+        self._record_check()
+
+    def _record_check(self) -> None:
+        """Write the time of today's check, only once a component found the schema one it
+        knows: a database from a newer version is refused without a byte written (spec D3)."""
+        if self._checked_at is not None:
+            self.conn.execute("INSERT OR REPLACE INTO store_meta VALUES ('checked_at', ?)",
+                              (str(self._checked_at),))
+            self._checked_at = None
 
     def _version(self, component: str) -> int:
         row = self.conn.execute(
@@ -84,19 +96,20 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
-def _check_now_and_then(conn: sqlite3.Connection, created: bool, readonly: bool) -> None:
+def _check_now_and_then(conn: sqlite3.Connection, created: bool, readonly: bool
+                        ) -> float | None:
     """PRAGMA quick_check once a day: damage found later by a query raises sqlite3 errors,
-    which callers report like this one (never read as an empty store)."""
+    which callers report like this one (never read as an empty store). The time to record
+    as the last check (by Store.migrate), or None."""
     now = time.time()
     if not created:
         row = conn.execute("SELECT value FROM store_meta WHERE name = 'checked_at'").fetchone()
         if row and now - float(row[0]) < CHECK_EVERY_SECONDS:
-            return
+            return None
         check = conn.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise sqlite3.DatabaseError(check)
-    if not readonly:
-        conn.execute("INSERT OR REPLACE INTO store_meta VALUES ('checked_at', ?)", (str(now),))
+    return None if readonly else now
 
 
 def open_store(path: Path, readonly: bool = False) -> Store:
@@ -122,10 +135,10 @@ def open_store(path: Path, readonly: bool = False) -> Store:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(_SCHEMA)
         conn.execute(_META)
-        _check_now_and_then(conn, created, readonly)
+        checked_at = _check_now_and_then(conn, created, readonly)
     except sqlite3.Error as exc:
         raise store_error(exc, path) from exc
-    return Store(path, conn, created)
+    return Store(path, conn, created, checked_at)
 
 
 def store_error(exc: sqlite3.Error, path: Path | None = None) -> StoreError:

@@ -136,7 +136,12 @@ def test_state_database_from_a_newer_version_is_refused(cli: Cli, scratch: Path,
     assert sync(cli, a, b).rc == 0
     state = scratch / "state.db"
     with sqlite3.connect(state) as conn:
+        (checked,) = conn.execute("SELECT value FROM store_meta WHERE name = 'checked_at'"
+                                  ).fetchone()
+        assert float(checked) > 1.7e9  # an ordinary run records its check
         conn.execute("UPDATE schema SET version = 99 WHERE component = 'sync'")
+        # a day since the last check: this run checks again, and must not record it
+        conn.execute("UPDATE store_meta SET value = '0' WHERE name = 'checked_at'")
     conn.close()
     (a / msg(0)[0]).unlink()
     before = (tree_listing(a), tree_listing(b))
@@ -148,6 +153,8 @@ def test_state_database_from_a_newer_version_is_refused(cli: Cli, scratch: Path,
     with sqlite3.connect(state) as conn:
         assert conn.execute("SELECT version FROM schema WHERE component='sync'").fetchone() \
             == (99,)
+        assert conn.execute("SELECT value FROM store_meta WHERE name = 'checked_at'"
+                            ).fetchone() == ("0",), "a too-new database was written to"
     conn.close()
 
 
