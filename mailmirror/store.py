@@ -161,5 +161,5 @@ def store_error(exc: sqlite3.Error, path: Path | None = None) -> StoreError:
     if name.startswith("SQLITE_IOERR"):
         return StoreError(f"{where}: input/output error ({exc}): check the disk, then run again")
     return StoreError(f"{where} is damaged ({exc}); it was left untouched: move it aside and "
-                      "the next sync starts safely from scratch (no deletions), or use "
-                      "--state PATH")
+                      "the next run starts afresh (a sync merges both sides, deleting nothing; "
+                      "failover reads the live zones), or use --state PATH")

@@ -271,7 +271,7 @@ class Live:
                          max(self.options.backoff_first, slot.delay * 2))
         slot.retry_at = time.monotonic() + slot.delay
         if why is not None and first:
-            self.log(f"{slot.job.a}: {why}; retrying with backoff up to "
+            self.log(f"{self._name(slot)}: {why}; retrying with backoff up to "
                      f"{self.options.backoff_max:g} s")
 
     def _close(self, slot: _Slot) -> None:
