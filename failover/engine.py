@@ -87,9 +87,7 @@ def rewrite_zones(config: Config, state: State, force: bool, now: datetime | Non
     """`failover zones`: rewrite for the server DNS points at now, without checking main."""
     now = now or datetime.now(UTC)
     with locked(state.path):
-        health, checked_at = _remembered(config, state)
-        if not state.has_health():
-            state.save_health(health, checked_at)  # what status shows from now on
+        health, _ = _remembered(config, state)
         return Report(now, health, apply_zones(config, state, health, now, force))
 
 
@@ -184,7 +182,8 @@ def apply_zones(
 def _remembered(config: Config, state: State) -> tuple[Health, datetime | None]:
     """The remembered health. With none (a new or lost state store), DNS is taken to point
     where the live zones point: a run during an outage must not send it back to the dead
-    main (the checks then decide, with the usual hysteresis)."""
+    main (the checks then decide, with the usual hysteresis). What it infers is saved, so
+    `failover status` says it from then on."""
     if state.has_health():
         return state.health()
     try:
@@ -192,7 +191,9 @@ def _remembered(config: Config, state: State) -> tuple[Health, datetime | None]:
     except DirectoryError:
         return Health(), None  # apply_zones says what is wrong with the directory
     ips = {server: config.ip_for(server) for server in ("backup", "main")}
-    return Health(active=rewrite.points_at(templates, config.zones_dir, ips) or "main"), None
+    health = Health(active=rewrite.points_at(templates, config.zones_dir, ips) or "main")
+    state.save_health(health, None)
+    return health, None
 
 
 def _needs_announcing(report: ZoneReport, state: State) -> bool:
