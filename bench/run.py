@@ -47,7 +47,7 @@ from bench.ssh import check_ssh, loopback  # noqa: E402
 from bench.tools import Local, Pair, Tool, Transport, make_tools  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TOOLS = ("mailmirror", "mailmirror-sftp", "mailmirror-kept", "unison", "rsync", "doveadm",
+TOOLS = ("mailmirror", "mailmirror-plain", "mailmirror-sftp", "unison", "rsync", "doveadm",
          "mbsync")
 TIMEOUT = 1800.0
 BACKDATE = 10.0

@@ -163,7 +163,7 @@ class Tool:
         return None
 
     pause = 0.0
-    """Seconds the harness waits before each run (see Mailmirror, keep=True)."""
+    """Seconds the harness waits before each run (see Mailmirror)."""
 
     def kept(self) -> int:
         """SSH connections of this tool alive between its runs (mailmirror's keepers)."""
@@ -184,18 +184,20 @@ class Tool:
 
 
 class Mailmirror(Tool):
-    """mailmirror; over SSH through its agent, or (`sftp=True`, SSH only) over SFTP, or
-    (`keep=True`, SSH only) with --keep-connection: after its first copy every run goes
-    through the keeper the one before left, as in a cron job (docs/remote.md)."""
+    """mailmirror as installed: over SSH through its agent, with the default --keep-connection
+    auto, so after the first copy every run goes through the keeper the one before left, as
+    in a cron job (docs/remote.md); or (`plain=True`, SSH only) with --keep-connection 0,
+    every run connecting itself; or (`sftp=True`, SSH only) over SFTP."""
 
     name = "mailmirror"
 
-    def __init__(self, exe: str, sftp: bool = False, keep: bool = False) -> None:
-        self.exe, self.sftp, self.keep = exe, sftp, keep
+    def __init__(self, exe: str, sftp: bool = False, plain: bool = False) -> None:
+        self.exe, self.sftp, self.plain = exe, sftp, plain
         if sftp:
             self.name = "mailmirror-sftp"
-        if keep:
-            self.name = "mailmirror-kept"
+        if plain:
+            self.name = "mailmirror-plain"
+        if not (sftp or plain):
             # a keeper starts the agent for the next run once a run ends (not during it:
             # CPU the run wants); cron runs are minutes apart, this harness's a few ms, so
             # it leaves the keeper this long, as the time between cron runs would
@@ -204,7 +206,7 @@ class Mailmirror(Tool):
         self.run_dir = Path(tempfile.gettempdir()) / f"mmbench-{os.getpid()}"
 
     def supports(self, transport: Transport) -> bool:
-        return transport.ssh is not None or not (self.sftp or self.keep)
+        return transport.ssh is not None or not (self.sftp or self.plain)
 
     def kept(self) -> int:
         return len(self._keepers())
@@ -247,10 +249,11 @@ class Mailmirror(Tool):
             argv += [f"ssh://{ssh.host}:{ssh.port}{pair.b}", *ssh.mailmirror_args]
             agent = f"{ssh.remote_time} {exe} agent"
             argv += ["--sftp"] if self.sftp else ["--remote-command", agent]
-            if self.keep:
-                self.run_dir.mkdir(mode=0o700, exist_ok=True)
-                env["XDG_RUNTIME_DIR"] = str(self.run_dir)
-                argv += ["--keep-connection", "600"]
+            if self.plain:
+                argv += ["--keep-connection", "0"]
+            self.run_dir.mkdir(mode=0o700, exist_ok=True)
+            env["XDG_RUNTIME_DIR"] = str(self.run_dir)
+            env.pop("INVOCATION_ID", None)  # a bench started by a systemd unit: still cron's case
         return Command(argv + ["--state", str(pair.state / "state.sqlite3"), "--json"], env)
 
     def idle_problem(self, stdout: str) -> str | None:
@@ -430,7 +433,7 @@ def make_tools(names: list[str], mailmirror_exe: str) -> list[Tool]:
     known: dict[str, Tool] = {
         "mailmirror": Mailmirror(mailmirror_exe),
         "mailmirror-sftp": Mailmirror(mailmirror_exe, sftp=True),
-        "mailmirror-kept": Mailmirror(mailmirror_exe, keep=True),
+        "mailmirror-plain": Mailmirror(mailmirror_exe, plain=True),
         "unison": Unison(),
         "rsync": Rsync(),
         "doveadm": Doveadm(),

@@ -116,10 +116,11 @@ def sync(
     sftp: Annotated[bool, typer.Option(
         "--sftp", help="Reach remotes over SFTP even if mailmirror is installed there.")]
     = False,
-    keep_connection: Annotated[Optional[float], typer.Option(  # noqa: UP045
-        "--keep-connection", metavar="SECONDS",
+    keep_connection: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--keep-connection", metavar="SECONDS|auto",
         help="Keep each SSH connection open this long after the run, for the next sync to "
-        "reuse (much faster start; default 0: close, or the profile's keep_connection).")]
+        "reuse (much faster start); 0 closes it. Default auto (or the profile's "
+        "keep_connection): 16 minutes, only for a pair also synced in the 16 minutes before.")]
     = None,
     state: StateOpt = None,
     config: ConfigOpt = None,
@@ -158,7 +159,7 @@ def sync(
 def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_empty: bool,
           layout: str, separator: str, lock_timeout: float, state: Path | None,
           config: Path | None, json_out: bool, ssh: SshOptions, remote: str | None,
-          safety: Safety, keep_connection: float | None) -> int:
+          safety: Safety, keep_connection: str | None) -> int:
     from mailmirror.jobs import Runner
     from mailmirror.report import Reporter
 
@@ -176,7 +177,7 @@ def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_e
 def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_empty: bool,
              layout: str, separator: str, lock_timeout: float, state: Path | None,
              config: Path | None, ssh: SshOptions, remote: str | None,
-             safety: Safety | None = None, keep_connection: float | None = None
+             safety: Safety | None = None, keep_connection: str | float | None = None
              ) -> tuple[list[Job], Settings]:
     """The jobs and settings of a sync or watch: two maildirs, or a profile of the config."""
     from dataclasses import replace
@@ -189,9 +190,13 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
     from mailmirror.sync.engine import SyncOptions
     from mailmirror.sync.guard import Safety
     from mailmirror.sync.model import Side
-    from mailmirror.transport.options import MAX_KEEP_SECONDS
+    from mailmirror.transport.options import KEEP_AUTO, MAX_KEEP_SECONDS, parse_keep
 
     timeout = None
+    keep = parse_keep(keep_connection) if keep_connection is not None else None
+    if keep_connection is not None and keep is None:
+        raise UsageError(f"--keep-connection must be {KEEP_AUTO} or 0 to {MAX_KEEP_SECONDS} "
+                         f"seconds, not {keep_connection}")
     safety_options = (safety or Safety()).options()
     if b is None:
         from mailmirror.config import load_profile
@@ -204,8 +209,8 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
                 for pa, candidates, command in profile.pairs]
         layout, separator, prefer = profile.layout, profile.separator, profile.prefer
         timeout = profile.timeout
-        if keep_connection is None:
-            keep_connection = profile.keep_connection
+        if keep is None:
+            keep = profile.keep_connection
         from_profile = {"config": profile.ssh_config, "identity": profile.identity,
                         "known_hosts": profile.known_hosts}
         ssh = replace(ssh, **{k: Path(v).expanduser() for k, v in from_profile.items()
@@ -214,9 +219,6 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
         if remote is not None:
             raise UsageError("--remote picks one of a profile's remotes: give a profile name")
         jobs = [Job(a, (b,))]
-    if keep_connection is not None and not 0 <= keep_connection <= MAX_KEEP_SECONDS:
-        raise UsageError(f"--keep-connection must be 0 to {MAX_KEEP_SECONDS} seconds, not "
-                         f"{keep_connection:g}")
     if prefer not in ("a", "b"):
         raise UsageError(f"--prefer must be a or b, not {prefer!r}")
     if layout not in LAYOUTS:
@@ -229,7 +231,7 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
     # reaches us unexpanded from systemd units and quoted crontab lines)
     state_path = (state or paths.default_state_path()).expanduser().absolute()
     return jobs, Settings(state_path, options, ssh, layout, separator, lock_timeout, timeout,
-                          remote, keep_connection or 0.0)
+                          remote, KEEP_AUTO if keep is None else keep)
 
 
 @app.command()

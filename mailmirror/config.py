@@ -14,7 +14,7 @@ from mailmirror.errors import ConfigError
 from mailmirror.maildir.folders import LAYOUTS, MAILDIRPP
 from mailmirror.maildir.names import SEPARATORS
 from mailmirror.maildir.quarantine import MAX_KEEP_DAYS
-from mailmirror.transport.options import MAX_KEEP_SECONDS
+from mailmirror.transport.options import KEEP_AUTO, MAX_KEEP_SECONDS, parse_keep
 
 MAX_TIMEOUT = 3600  # a profile's timeout, in seconds (nan and inf would break every wait)
 PROFILE_KEYS = {"a", "b", "local", "remotes", "users", "layout", "separator", "prefer",
@@ -40,7 +40,7 @@ class Profile:
     known_hosts: str | None = None
     max_delete: float | None = None  # percent; None: the command line's or the default
     quarantine_days: int | None = None
-    keep_connection: float | None = None  # seconds; None: the command line's, else 0
+    keep_connection: float | str | None = None  # seconds or "auto"; None: not set
 
 
 def read_config(path: Path) -> dict:
@@ -107,10 +107,10 @@ def profile_problems(name: str, table: object) -> list[str]:
     if (not isinstance(max_delete, int | float) or isinstance(max_delete, bool)
             or not 0 <= max_delete <= 100):
         problems.append(f"{where}: max_delete must be a percentage from 0 to 100")
-    keep = table.get("keep_connection", 0)
-    if (not isinstance(keep, int | float) or isinstance(keep, bool)
-            or not 0 <= keep <= MAX_KEEP_SECONDS):
-        problems.append(f"{where}: keep_connection must be 0 to {MAX_KEEP_SECONDS} seconds")
+    keep = table.get("keep_connection", KEEP_AUTO)
+    if parse_keep(keep) is None or isinstance(keep, str) and keep != KEEP_AUTO:
+        problems.append(f"{where}: keep_connection must be \"{KEEP_AUTO}\" or 0 to "
+                        f"{MAX_KEEP_SECONDS} seconds")
     days = table.get("quarantine_days", 30)
     if not isinstance(days, int) or isinstance(days, bool) or not 0 <= days <= MAX_KEEP_DAYS:
         problems.append(f"{where}: quarantine_days must be a whole number of days, 0 to "
@@ -148,4 +148,5 @@ def load_profile(path: Path, name: str) -> Profile:
                    float(table.get("timeout", 10)), table.get("ssh_config"),
                    table.get("identity"), table.get("known_hosts"),
                    table.get("max_delete"), table.get("quarantine_days"),
-                   table.get("keep_connection"))
+                   parse_keep(table["keep_connection"]) if "keep_connection" in table
+                   else None)

@@ -9,6 +9,7 @@ stay ReplicaError/UsageError; the CLI turns them into lines and exit codes.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from mailmirror.sync.lock import pair_lock
 from mailmirror.sync.model import Side
 from mailmirror.sync.state import SyncState
 from mailmirror.transport.address import Remote, parse_address
-from mailmirror.transport.options import DEFAULT_AGENT, SshOptions
+from mailmirror.transport.options import AUTO_KEEP_SECONDS, DEFAULT_AGENT, KEEP_AUTO, SshOptions
 
 if TYPE_CHECKING:
     from mailmirror.transport.ssh import SshSession
@@ -48,7 +49,7 @@ class Settings:
     lock_timeout: float = 60.0
     connect_timeout: float | None = None
     only_remote: str | None = None
-    keep_connection: float = 0.0  # seconds a keeper holds each SSH connection after the run
+    keep_connection: float | str = KEEP_AUTO  # seconds a keeper holds each SSH connection
 
 
 @dataclass
@@ -74,6 +75,8 @@ class Runner:
         # connections this run made itself, to leave a keeper for: socket, remote, options
         # and the agents (command, root) it started there
         self.to_keep: dict[Path, tuple[Remote, SshOptions, list[tuple[str, str]]]] = {}
+        self.keep_of: dict[int, Path] = {}  # id() of a replica -> the socket it would keep
+        self.often: set[Path] = set()  # sockets of pairs synced often (for KEEP_AUTO)
         self.keeping = True  # False once keeping proved impossible (said once)
 
     def __enter__(self) -> Runner:
@@ -92,8 +95,12 @@ class Runner:
         if self.to_keep and (kind is None or not issubclass(kind, KeyboardInterrupt)):
             from mailmirror.transport.kept import start_keeper
 
+            seconds = self.settings.keep_connection
             for path, (remote, options, agents) in self.to_keep.items():
-                start_keeper(path, remote, options, self.settings.keep_connection, agents)
+                if seconds != KEEP_AUTO:
+                    start_keeper(path, remote, options, float(seconds), agents)
+                elif path in self.often:
+                    start_keeper(path, remote, options, AUTO_KEEP_SECONDS, agents)
         self.to_keep.clear()
 
     def run(self, job: Job) -> SyncReport:
@@ -137,7 +144,17 @@ class Runner:
             with pair_lock(s.state_path, pair.a.id, pair.b.id, s.lock_timeout):
                 for line in state.moved_labels(pair.a, pair.b):
                     self.notice(line)
+                self._note_often(pair, state)
                 return sync(pair.a, pair.b, state, options)
+
+    def _note_often(self, pair: Pair, state: SyncState) -> None:
+        """With KEEP_AUTO, a connection is kept for pairs synced often; a oneshot systemd
+        service (INVOCATION_ID set) would kill the keeper the moment the run ends."""
+        paths = [self.keep_of[id(r)] for r in (pair.a, pair.b) if id(r) in self.keep_of]
+        if (paths and self.settings.keep_connection == KEEP_AUTO
+                and "INVOCATION_ID" not in os.environ
+                and state.synced_within(pair.a.id, pair.b.id, AUTO_KEEP_SECONDS)):
+            self.often.update(paths)
 
     def open(self, address: str, command: str | None) -> Replica:
         """A replica at `address`: local, or over this runner's SSH session to its host."""
@@ -171,19 +188,22 @@ class Runner:
         if keep_at is not None:
             self.to_keep.setdefault(keep_at, (parsed, options, []))[2].append(
                 (program, parsed.path))
+            self.keep_of[id(replica)] = keep_at
         return replica
 
     def _keep_at(self, remote: Remote, options: SshOptions) -> Path | None:
-        """The keeper socket for `remote`, with --keep-connection (else, or where there is no
-        private directory for it, None: said once)."""
-        if self.settings.keep_connection <= 0 or options.sftp or not self.keeping:
+        """The keeper socket for `remote` (None with --keep-connection 0, or where there is no
+        private directory for it: said once, unless the setting is the default's auto)."""
+        keep = self.settings.keep_connection
+        if keep == 0 or options.sftp or not self.keeping:
             return None
         from mailmirror.transport.kept import KeepUnavailable, socket_path
 
         try:
             return socket_path(remote, options)
         except KeepUnavailable as exc:
-            self.notice(f"--keep-connection: {exc}")
+            if keep != KEEP_AUTO:
+                self.notice(f"--keep-connection: {exc}")
             self.keeping = False
             return None
 

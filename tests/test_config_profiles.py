@@ -42,3 +42,19 @@ def test_a_timeout_must_be_a_finite_number_of_seconds(timeout: float) -> None:
     table = {"local": "/m", "remotes": ["h:M"], "timeout": timeout}
     assert any("timeout must be a number of seconds" in p
                for p in profile_problems("x", table)), timeout
+
+
+@pytest.mark.parametrize(("value", "read"), [("auto", "auto"), (0, 0.0), (600, 600.0),
+                                             (86400, 86400.0), (-1, None), (86401, None),
+                                             ("often", None), ("600", None), (True, None),
+                                             (float("nan"), None)])
+def test_keep_connection_is_auto_or_seconds(tmp_path: Path, value: object,
+                                            read: object) -> None:
+    table = {"a": "/m/a", "b": "/m/b", "keep_connection": value}
+    problems = profile_problems("p", table)
+    assert bool(problems) is (read is None), problems
+    if read is not None:
+        toml = f"[profile.p]\na = \"/m/a\"\nb = \"/m/b\"\nkeep_connection = {value!r}\n"
+        path = tmp_path / "c.toml"
+        path.write_text(toml.replace("'", '"'))
+        assert load_profile(path, "p").keep_connection == read

@@ -305,6 +305,15 @@ class SyncState:
                          int(row.trusted)))
         crashpoint.after("record folders")
 
+    def synced_within(self, id_a: str, id_b: str, seconds: float) -> bool:
+        """Whether the pair's last run started less than `seconds` ago (a clock set back
+        since reads as not)."""
+        row = self.conn.execute(
+            "SELECT r.started FROM sync_pair p JOIN sync_run r ON r.pair_id = p.pair_id "
+            "WHERE p.id_low=? AND p.id_high=? ORDER BY r.run_id DESC LIMIT 1",
+            (min(id_a, id_b), max(id_a, id_b))).fetchone()
+        return row is not None and 0 <= time.time() - row[0] < seconds
+
     def start_run(self, pair_id: int) -> int:
         cur = self.conn.execute(
             "INSERT INTO sync_run(pair_id, started, outcome) VALUES (?, ?, 'running')",

@@ -7,7 +7,9 @@ root, gets a ready agent (or a fresh one) and then a plain byte relay to it; onc
 over, a replacement agent is started for the next one. It exits when no client came for the
 kept seconds, when the connection drops, when its socket or lock is taken from it, or when the
 host name no longer leads to the server it is connected to (DNS failover: the next sync
-connects to the new server itself). Failures are silent: the client falls back to connecting.
+connects to the new server itself), or after the machine was suspended (a laptop's connection
+rarely survives that, and a sync would otherwise find out only by its timeout). Failures are
+silent: the client falls back to connecting.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ MAX_READY = 4  # agents started ahead: each is a session, and sshd allows 10 per
 RELAY_CHUNK = 256 << 10
 REQUEST_MAX = 64 << 10
 REQUEST_TIMEOUT = 5.0
+SLEPT = 2.0  # seconds of suspend after which the connection is not trusted
 
 
 def main() -> int:
@@ -104,6 +107,7 @@ class Keeper:
         self.last_used = time.monotonic()
         self.done = asyncio.Event()
         self.agents = agents
+        self.asleep = _asleep()
 
     async def serve(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -121,7 +125,7 @@ class Keeper:
                 idle = time.monotonic() - self.last_used
                 if self.active == 0 and idle >= self.seconds:
                     break
-                if not _still_ours(self.path, inode):
+                if not _still_ours(self.path, inode) or self._slept():
                     break
         finally:
             # no new clients; syncs under way finish on the connection they started on
@@ -178,7 +182,7 @@ class Keeper:
             return
         request = json.loads(await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT))
         agent = (str(request["command"]), str(request["root"]))
-        if not await self._still_there():
+        if self._slept() or not await self._still_there():
             writer.write(json.dumps({"ok": False, "error": "moved"}).encode() + b"\n")
             self.done.set()
             return
@@ -190,6 +194,9 @@ class Keeper:
             # after the sync, not during it: starting an agent costs the remote a shell and a
             # Python start, CPU the sync itself wants
             asyncio.ensure_future(self._prepare(agent))
+
+    def _slept(self) -> bool:
+        return _asleep() - self.asleep > SLEPT
 
     async def _still_there(self) -> bool:
         """Whether the host name still resolves to the address this connection went to."""
@@ -234,6 +241,14 @@ async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
             task.cancel()
         await asyncio.gather(up, down, return_exceptions=True)
         process.close()
+
+
+def _asleep() -> float:
+    """Seconds this machine has spent suspended since boot (0 where that is not known)."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is None:
+        return 0.0
+    return time.clock_gettime(boottime) - time.monotonic()
 
 
 def _same_user(sock: socket.socket | None) -> bool:

@@ -7,6 +7,25 @@ from pathlib import Path
 
 DEFAULT_AGENT = "mailmirror agent"
 MAX_KEEP_SECONDS = 86400  # --keep-connection and a profile's keep_connection: a day at most
+KEEP_AUTO = "auto"
+"""The default of --keep-connection: keep a connection only after a sync of a pair that was
+synced less than AUTO_KEEP_SECONDS before (cron every 15 minutes or more often), for
+AUTO_KEEP_SECONDS; a one-off or hourly run leaves nothing behind."""
+AUTO_KEEP_SECONDS = 960.0
+
+
+def parse_keep(value: object) -> float | str | None:
+    """--keep-connection's or keep_connection's value: seconds or KEEP_AUTO; None if invalid."""
+    if value == KEEP_AUTO:
+        return KEEP_AUTO
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    return float(value) if 0 <= value <= MAX_KEEP_SECONDS else None
 
 
 @dataclass(frozen=True)

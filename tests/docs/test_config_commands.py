@@ -63,7 +63,7 @@ bogus = 1
 EXPECTED = [
     (4, "[profile.laptop]: remotes must be a list of addresses"),
     (8, "[profile.laptop]: timeout must be a number of seconds, more than 0 and at most 3600"),
-    (9, "[profile.laptop]: keep_connection must be 0 to 86400 seconds"),
+    (9, "[profile.laptop]: keep_connection must be \"auto\" or 0 to 86400 seconds"),
     (10, "[profile.laptop]: unknown key 'colour'"),
     (12, "[profile.pair]: b must be a maildir path or address"),
     (15, "failover.backup_ip: missing"),

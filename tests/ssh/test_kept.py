@@ -65,11 +65,12 @@ def keeper_pids(run_dir: Path) -> list[int]:
 
 
 def sync(tmp_path: Path, rig: SshRig, run_dir: Path, a: Path, b: str, *extra: str,
-         keep: str = "30") -> Run:
+         keep: str | None = "30", env: dict[str, str] | None = None) -> Run:
+    """A sync with --keep-connection `keep` (None: the default, auto)."""
     cli = make_cli(tmp_path)
     run = cli.run("sync", str(a), b, "--state", str(tmp_path / "state.db"), "--json",
-                  *ssh_args(rig), "--keep-connection", keep, *extra,
-                  env={"XDG_RUNTIME_DIR": str(run_dir)})
+                  *ssh_args(rig), *(["--keep-connection", keep] if keep else []), *extra,
+                  env={"XDG_RUNTIME_DIR": str(run_dir)} | (env or {}))
     assert run.rc == 0, (run.rc, run.stdout, run.stderr)
     assert "Traceback" not in run.stderr, run.stderr
     return run
@@ -138,6 +139,89 @@ def test_the_next_syncs_go_through_the_kept_connection(ssh_rig: SshRig, run_dir:
     assert third.json["counts"] == {}, third.json
     assert logins(server) == 2, "a sync logged in although a keeper was there"
     assert view(local) == view(remote) and len(view(local)) == 4
+
+
+def test_by_default_only_a_pair_synced_often_keeps_its_connection(
+        ssh_rig: SshRig, run_dir: Path, world: dict[str, Path], tmp_path: Path) -> None:
+    """auto: a sync of a pair not synced in the last 16 minutes (the first, or a daily one)
+    leaves nothing behind; the next one, minutes later (cron), keeps the connection, and the
+    one after goes through it."""
+    local, remote = world["local"], world["A"]
+    server = ssh_rig.servers["a"]
+    deliver(local, "1700000000.M1P1.laptop")
+    sync(tmp_path, ssh_rig, run_dir, local, "mailhost:Maildir", keep=None)
+    time.sleep(0.5)  # a keeper is started before the sync's process ends
+    assert keeper_pids(run_dir) == [] and not answering(run_dir)
+
+    deliver(remote, "1700000001.M1P1.server")
+    second = sync(tmp_path, ssh_rig, run_dir, local, "mailhost:Maildir", keep=None)
+    assert second.json["counts"] == {"copy b->a": 1}, second.json
+    wait_for("keeper", lambda: answering(run_dir) and logins(server) == 3)
+    third = sync(tmp_path, ssh_rig, run_dir, local, "mailhost:Maildir", keep=None)
+    assert third.json["counts"] == {}, third.json
+    assert logins(server) == 3, "the third sync logged in although a keeper was there"
+
+
+def test_by_default_a_systemd_service_or_a_long_pause_keeps_nothing(
+        ssh_rig: SshRig, run_dir: Path, world: dict[str, Path], tmp_path: Path) -> None:
+    """systemd ends whatever a oneshot service leaves (INVOCATION_ID marks one); a pair last
+    synced more than 16 minutes ago is not synced often."""
+    import sqlite3
+
+    local = world["local"]
+    for _ in range(2):
+        sync(tmp_path, ssh_rig, run_dir, local, "mailhost:Maildir", keep=None,
+             env={"INVOCATION_ID": "0123456789abcdef"})
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        db.execute("UPDATE sync_run SET started = started - 961")
+    sync(tmp_path, ssh_rig, run_dir, local, "mailhost:Maildir", keep=None)
+    time.sleep(0.5)
+    assert keeper_pids(run_dir) == [] and not answering(run_dir)
+    sync(tmp_path, ssh_rig, run_dir, local, "mailhost:Maildir", keep="0")
+    time.sleep(0.5)
+    assert keeper_pids(run_dir) == [] and not answering(run_dir)
+    sync(tmp_path, ssh_rig, run_dir, local, "mailhost:Maildir", keep="auto")
+    wait_for("keeper", lambda: answering(run_dir))
+
+
+def test_after_a_suspend_the_keeper_serves_no_sync_and_leaves(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A laptop's connection rarely survives a suspend, and a sync through it would wait for
+    its timeout: the keeper refuses (the sync connects itself) and leaves."""
+    from mailmirror.transport import keeper as keeper_module
+
+    asleep = [0.0]
+    monkeypatch.setattr(keeper_module, "_asleep", lambda: asleep[0])
+    started: list[str] = []
+
+    class Conn(_Conn):
+        async def wait_closed(self) -> None:
+            await asyncio.Event().wait()
+
+        async def create_process(self, command: str, **_: object) -> None:
+            started.append(command)
+            raise OSError("no agent here")
+
+    directory = Path(tempfile.mkdtemp(prefix="mmk-"))
+    path = directory / "k.sock"
+
+    async def scenario() -> None:
+        keeper = Keeper(Conn(("127.0.0.1", 1)), path, 60, [], None)
+        serving = asyncio.ensure_future(keeper.serve())
+        while not path.exists():
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(open_kept, path, "agent", "Maildir", "mailhost", 5, 5)
+        assert started == ["agent Maildir"]  # awake: served
+        asleep[0] = 30.0
+        assert await asyncio.to_thread(open_kept, path, "agent", "Maildir", "mailhost", 5,
+                                       5) is None
+        await asyncio.wait_for(serving, 10)
+
+    try:
+        asyncio.run(scenario())
+        assert started == ["agent Maildir"] and not path.exists()
+    finally:
+        shutil.rmtree(directory)
 
 
 def test_the_keeper_leaves_after_the_kept_seconds(ssh_rig: SshRig, run_dir: Path,
