@@ -510,8 +510,9 @@ class Pair:
     """Replicas A and B, a state database, and the mailmirror command between them.
 
     `transport` says how the command reaches B: "local" (a path), "agent" (B as
-    ssh://USER@mailhost/PATH, served by `mailmirror agent` started over SSH), "kept" (the same
-    with --keep-connection: a keeper's connection from the second sync on) or "sftp" (B as
+    ssh://USER@mailhost/PATH, served by `mailmirror agent` started over SSH by each sync:
+    --keep-connection 0), "kept" (the same with --keep-connection 60: a keeper's connection
+    from the second sync on) or "sftp" (B as
     USER@mailhost:PATH with --sftp). B is on this machine in every case, so the scenarios
     read and change its files directly.
     """
@@ -535,14 +536,20 @@ class Pair:
             return f"{self.b.user.name}@{ALIAS}:{self.b.root}"
         return str(self.b.root)
 
-    def transport_args(self) -> list[str]:
+    def transport_args(self, watch: bool = False) -> list[str]:
+        """The options of a sync (or, `watch`, of a watch: it keeps no connections) over
+        this pair's transport."""
         if self.transport == "local":
             return []
         assert self.rig is not None
         args = ["--ssh-config", str(self.rig.ssh_config), "--identity", str(self.rig.user_key),
                 "--known-hosts", str(self.rig.known_hosts), "--remote-command", AGENT_COMMAND]
-        return args + {"sftp": ["--sftp"], "kept": ["--keep-connection", "60"]}.get(
-            self.transport, [])
+        if self.transport == "sftp":
+            return [*args, "--sftp"]
+        if watch:
+            return args
+        # "agent" is every sync connecting itself: the kept path is the "kept" transport's
+        return [*args, "--keep-connection", "60" if self.transport == "kept" else "0"]
 
     def sync(self, *extra: str, expect_rc: int | None = 0) -> Run:
         env = {"XDG_RUNTIME_DIR": str(self.run_dir)} if self.run_dir else None

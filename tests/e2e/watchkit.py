@@ -80,7 +80,7 @@ class Watch:
 def watch_pair(pair: Pair, *extra: str) -> Watch:
     """`mailmirror watch A B` for an e2e pair, over its transport, with its state database."""
     return Watch(pair.cli, [str(pair.a.root), pair.b_address(), "--state", str(pair.state),
-                            *pair.transport_args(), *extra])
+                            *pair.transport_args(watch=True), *extra])
 
 
 def has_message(root: Path, msgid: str, flags: str | None = None) -> bool:

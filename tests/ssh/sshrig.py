@@ -8,8 +8,10 @@ host key and port. Fixtures that use it live in conftest.py; this module never s
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -160,8 +162,20 @@ class SshRig:
         return await asyncssh.connect(host, **self.connect_options(host, port))
 
     def close(self) -> None:
+        """Stop every sshd and end its connections: one held past the test (a keeper's, left
+        by a sync's default --keep-connection auto) then ends, and its keeper with it.
+
+        Only the per-connection sshd processes are told to go (SIGTERM), never what runs in
+        a session: a login shell killed in the middle of its start-up (pyenv's rehash, in
+        root's .bashrc here) can leave a lock behind that slows every later login."""
         for name in list(self.servers):
+            server = self.servers[name]
+            sessions = [int(pid) for pid in filter(str.isdigit, os.listdir("/proc"))
+                        if _parent(int(pid)) == server.process.pid]
             self.stop(name)
+            for pid in sessions:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
 
     def _spawn(self, name: str, port: int, host_key: Path,
                extra_config: tuple[str, ...]) -> Sshd:
@@ -209,6 +223,13 @@ def running_rig(base: Path, sshd_path: str) -> Iterator[SshRig]:
         yield rig
     finally:
         rig.close()
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _keygen(path: Path) -> None:
