@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from mailmirror.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, MailmirrorError
+from mailmirror.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, MailmirrorError, printable
 
 if TYPE_CHECKING:
     from mailmirror.jobs import Job, Settings
@@ -68,7 +68,7 @@ def _fail(exc: BaseException, debug: bool) -> None:
     if debug:
         raise exc
     message = str(exc) if isinstance(exc, MailmirrorError) else f"internal error: {exc!r}"
-    print(f"mailmirror: {message}", file=sys.stderr)
+    print(f"mailmirror: {printable(message)}", file=sys.stderr)
     code = exc.exit_code if isinstance(exc, MailmirrorError) else EXIT_FATAL
     raise typer.Exit(code)
 
@@ -234,6 +234,9 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
                           remote, KEEP_AUTO if keep is None else keep)
 
 
+MAX_WATCH_PAUSE = 86400  # seconds: --interval and --poll, a day at most
+
+
 @app.command()
 def watch(
     a: FirstArg,
@@ -283,8 +286,10 @@ def watch(
         from mailmirror.transport.options import SshOptions
 
         for name, seconds in (("--interval", interval), ("--poll", poll)):
-            if not seconds > 0:  # 0 would sync (or poll) without pause, for ever
-                raise UsageError(f"{name} must be more than 0 seconds, not {seconds:g}")
+            # 0 would sync (or poll) without pause, for ever; inf cannot be waited for
+            if not 0 < seconds <= MAX_WATCH_PAUSE:
+                raise UsageError(f"{name} must be more than 0 seconds and at most "
+                                 f"{MAX_WATCH_PAUSE}, not {seconds:g}")
         ssh = SshOptions(ssh_config, identity, known_hosts, remote_command, sftp=sftp)
         # live mode holds its own connections for as long as it runs: no keepers
         jobs, settings = _prepare(a, b, False, prefer, False, allow_empty, layout, separator,

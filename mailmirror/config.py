@@ -10,10 +10,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailmirror.errors import ConfigError
+from mailmirror.errors import ConfigError, UsageError
 from mailmirror.maildir.folders import LAYOUTS, MAILDIRPP
 from mailmirror.maildir.names import SEPARATORS
 from mailmirror.maildir.quarantine import MAX_KEEP_DAYS
+from mailmirror.transport.address import parse_address
 from mailmirror.transport.options import KEEP_AUTO, MAX_KEEP_SECONDS, parse_keep
 
 MAX_TIMEOUT = 3600  # a profile's timeout, in seconds (nan and inf would break every wait)
@@ -79,12 +80,19 @@ def profile_problems(name: str, table: object) -> list[str]:
         remotes = table.get("remotes")
         if not isinstance(remotes, list) or not remotes or not all(map(_is_text, remotes)):
             problems.append(f"{where}: remotes must be a list of addresses, tried in order")
+    sides = [table.get(k) for k in ("a", "b", "local")] + list(
+        table.get("remotes") if isinstance(table.get("remotes"), list) else [])
+    for address in filter(_is_text, sides):
+        try:
+            parse_address(address.replace("{user}", "user"))
+        except UsageError as exc:
+            problems.append(f"{where}: {exc}")
     users = table.get("users")
-    if users is not None and (not isinstance(users, list) or not all(map(_is_text, users))):
+    if users is not None and (not isinstance(users, list) or not users
+                              or not all(map(_is_text, users))):
         problems.append(f"{where}: users must be a list of user names")
     elif users is not None and len(users) > 1:
         # one maildir for every user on one side would mix their mail through it
-        sides = [table.get(k) for k in ("a", "b", "local")] + list(table.get("remotes") or [])
         for address in filter(_is_text, sides):
             if "{user}" not in address:
                 problems.append(f"{where}: with users, {address!r} must hold {{user}} (each "

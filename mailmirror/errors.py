@@ -45,3 +45,9 @@ class LockedError(MailmirrorError):
 
 class SafetyStop(MailmirrorError):
     """The run looked dangerous (a replica suddenly empty, a different replica id) and stopped."""
+
+
+def printable(text: object, limit: int | None = None) -> str:
+    """Text as one printable line: a file name or a remote's answer could otherwise move
+    the cursor, clear the screen or forge a second line of our output."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text)[:limit])

@@ -223,7 +223,6 @@ class Runner:
         except ReplicaError:
             channel.close()
             return None
-        channel.answered()
         return replica
 
     def close(self, replica: Replica) -> None:

@@ -10,10 +10,11 @@ import atexit
 import os
 import sys
 import threading
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 
 def main() -> NoReturn:
+    _guard_output()
     try:
         if len(sys.argv) == 3 and sys.argv[1] == "agent" and not sys.argv[2].startswith("-"):
             from mailmirror.transport.agent import main as agent_main
@@ -50,7 +51,56 @@ def leave(code: object) -> NoReturn:
     atexit._run_exitfuncs()
     try:
         sys.stdout.flush()
+    except SystemExit as lost:  # see _Output
+        status = max(status, int(lost.code or 0))
+    try:
         sys.stderr.flush()
-    except (OSError, ValueError):
-        sys.exit(status)
+    except OSError:
+        pass
     os._exit(status)
+
+
+def _guard_output() -> None:
+    """Make stdout and stderr safe to write whatever they are: closed (`>&-`: Python then
+    has None, and a print would go elsewhere or fail), or a pipe whose reader left (`| head`:
+    the rest of the output is dropped, the run goes on and keeps its exit status)."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 (for the process's life)
+    sys.stdout = _Output(sys.stdout)  # type: ignore[assignment]
+
+
+class _Output:
+    """stdout, but a reader that went away (EPIPE) sends the rest to /dev/null, and any
+    other write error (a full disk) is one line on stderr and exit status 3 (the output
+    asked for is lost; the work, done before the output is printed, stands)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            self._lost(exc)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            self._lost(exc)
+
+    def _lost(self, exc: OSError) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+        if not isinstance(exc, BrokenPipeError):
+            print(f"mailmirror: cannot write the output: {exc.strerror or exc}",
+                  file=sys.stderr)
+            raise SystemExit(3)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mailmirror.errors import printable
 from mailmirror.sync.engine import ProgressFn, SyncReport
 from mailmirror.sync.model import Side
 
@@ -21,7 +22,7 @@ class Reporter:
 
     def notice(self, line: str) -> None:
         """One line worth telling even under cron (it changes what the user should expect)."""
-        print(f"mailmirror: {line}", file=sys.stderr)
+        print(f"mailmirror: {printable(line)}", file=sys.stderr)
 
     @contextmanager
     def progress(self) -> Iterator[ProgressFn | None]:
@@ -58,20 +59,22 @@ class Reporter:
     def _finish_text(self, report: SyncReport) -> None:
         if report.dry_run and report.plan is not None:
             for action in report.plan.actions:
-                print(_action_text(action))
+                print(printable(_action_text(action)))
         for line in report.skipped:
-            print(f"mailmirror: skipped: {line}", file=sys.stderr)
+            print(f"mailmirror: skipped: {printable(line)}", file=sys.stderr)
         if not self.tty:
             return
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         console = Console(stderr=True)
-        for note in report.notices:
-            console.print(f"note: {note}")
-        for c in report.conflicts:
-            console.print(f"conflict: {c.key}: {c.kind}; {c.resolution}")
-        table = Table(title=f"{report.labels[Side.A]} <-> {report.labels[Side.B]}")
+        for line in ([f"note: {note}" for note in report.notices]
+                     + [f"conflict: {c.key}: {c.kind}; {c.resolution}"
+                        for c in report.conflicts]):
+            console.print(printable(line), markup=False, highlight=False)
+        labels = (printable(report.labels[s]) for s in (Side.A, Side.B))
+        table = Table(title=escape(" <-> ".join(labels)))
         table.add_column("action")
         table.add_column("count", justify="right")
         for name, count in sorted(report.counts.items()):
@@ -103,6 +106,7 @@ def _action_text(action: object) -> str:
 
 def print_status(runs: list[dict]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="mailmirror pairs")
@@ -116,6 +120,6 @@ def print_status(runs: list[dict]) -> None:
                 if run["last_started"] else "never")
         counts = run["summary"].get("counts", {})
         changes = ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
-        table.add_row(str(run["pair"]), labels, str(run["messages"]), when, run["outcome"],
-                      changes)
+        table.add_row(str(run["pair"]), escape(printable(labels)), str(run["messages"]), when,
+                      run["outcome"], changes)
     Console().print(table)

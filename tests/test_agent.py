@@ -72,25 +72,28 @@ def test_a_listing_through_the_agent_is_the_local_one(tmp_path):
         remote.close()
 
 
-def test_a_file_name_with_a_newline_is_skipped_as_in_a_local_maildir(tmp_path):
-    """A block cannot hold such a name: the agent sends it apart, the listing holds it as
-    the local one does, and the sync skips and reports it instead of stopping."""
+def test_a_file_name_with_a_newline_or_control_byte_is_skipped_as_in_a_local_maildir(
+        tmp_path):
+    """The agent sends such a name apart from its blocks (in a block the client would refuse
+    it as hostile and stop every sync of the maildir): the listing holds it as the local one
+    does, and the sync skips and reports it."""
     a, b = tmp_path / "a", tmp_path / "b"
     contents = make_tree(b, 3, 100)
     (b / "cur" / "a\nb").write_bytes(b"abc")
     (b / "new" / "c\nd:2,S").write_bytes(b"abc")
+    (b / "cur" / "evil\x1b]0;title\x07:2,S").write_bytes(b"abc")
     remote = agent(b)
     try:
         local = open_local(b).list(["INBOX"])["INBOX"]
         assert sorted(remote.list(["INBOX"])["INBOX"]) == sorted(local)
-        assert {"cur/a\nb", "new/c\nd:2,S"} <= set(local)
+        assert {"cur/a\nb", "new/c\nd:2,S", "cur/evil\x1b]0;title\x07:2,S"} <= set(local)
         assert remote.list(["INBOX"], ("new",))["INBOX"] == [n for n in local
                                                              if n.startswith("new/")]
         state = SyncState(open_store(tmp_path / "s.db"))
         report = sync(open_local(a), remote, state, SyncOptions())
     finally:
         remote.close()
-    assert len(report.skipped) == 2
+    assert len(report.skipped) == 3
     assert all(line.startswith(f"pipe:{b}: INBOX/") and "control byte" in line
                for line in report.skipped)
     assert published(a) == contents

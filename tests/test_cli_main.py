@@ -3,6 +3,7 @@ exactly those of the whole command line."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,44 @@ def test_the_entry_point_exits_with_the_commands_status() -> None:
     done = subprocess.run([sys.executable, "-m", "mailmirror", "status", "--help"],
                           capture_output=True, text=True)
     assert done.returncode == 0 and "Usage" in done.stdout
+
+
+def _maildir(root: Path, messages: int) -> Path:
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    for n in range(messages):
+        (root / "cur" / f"{1700000000 + n}.M{n}P1.h:2,S").write_bytes(b"Subject: x\n\nb\n")
+    return root
+
+
+def test_output_that_cannot_be_written_neither_hides_nor_fakes_the_outcome(
+        tmp_path: Path) -> None:
+    """stdout closed (`>&-`) or stderr closed: the run's own status; a reader that leaves
+    early (`| head -c1`): the rest is dropped, the run goes on; a full disk (/dev/full): one
+    line, exit 3. Never a traceback."""
+    a, state = _maildir(tmp_path / "a", 40), str(tmp_path / "s.db")
+    base = [sys.executable, "-m", "mailmirror"]
+
+    def run(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *args, "--state", state], text=True, **kw)
+
+    closed = run(["sync", str(a), str(tmp_path / "b"), "--json"], stdout=subprocess.DEVNULL,
+                 stderr=subprocess.PIPE, pass_fds=(), preexec_fn=lambda: os.close(1))
+    assert (closed.returncode, closed.stderr) == (0, ""), closed.stderr
+    assert len(os.listdir(tmp_path / "b" / "cur")) == 40  # the sync did its work
+    fatal = run(["sync", str(a), str(tmp_path / "nowhere" / "b")], stdout=subprocess.PIPE,
+                preexec_fn=lambda: os.close(2))
+    assert (fatal.returncode, fatal.stdout) == (3, "")
+    many = _maildir(tmp_path / "many", 2000)  # a plan longer than a pipe holds (64 KiB)
+    with subprocess.Popen([*base, "sync", str(many), str(tmp_path / "c"), "--dry-run",
+                           "--state", state], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.read(1)
+        proc.stdout.close()  # `| head -c1`: the reader leaves
+        err = proc.stderr.read()
+    assert (proc.returncode, err) == (0, ""), err
+    with open("/dev/full", "w") as full:
+        lost = run(["status", "--json"], stdout=full, stderr=subprocess.PIPE)
+    assert lost.returncode == 3, lost.stderr
+    assert lost.stderr == "mailmirror: cannot write the output: No space left on device\n"

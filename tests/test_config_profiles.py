@@ -58,3 +58,13 @@ def test_keep_connection_is_auto_or_seconds(tmp_path: Path, value: object,
         path = tmp_path / "c.toml"
         path.write_text(toml.replace("'", '"'))
         assert load_profile(path, "p").keep_connection == read
+
+
+def test_addresses_and_users_are_checked_as_a_sync_would_read_them() -> None:
+    """`config check` says what `sync` would stop on."""
+    problems = profile_problems("p", {"local": "/m/{user}", "users": [],
+                                      "remotes": ["ssh://host:99999/m", "alice@:M", "h:M"]})
+    assert problems == ["[profile.p]: 'ssh://host:99999/m' has an invalid port",
+                        "[profile.p]: 'alice@:M' has no host: write [user@]host:path, or "
+                        "./alice@:M for a local path",
+                        "[profile.p]: users must be a list of user names"]

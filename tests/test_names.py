@@ -87,7 +87,7 @@ def test_names_that_are_not_utf8_are_refused_and_travel_apart() -> None:
     sends it apart from its blocks, with the names holding a newline."""
     assert batch(b"1700000000.M1P1.h\xffst:2,S") is None
     assert batch(b"a\n1700000000.M1P1.h\xffst") is None
-    for odd in ("1700000000.M1P1.h\udcffst", "a\nb", "x\ud800"):
+    for odd in ("1700000000.M1P1.h\udcffst", "a\nb", "x\ud800", "a\x1b[31m", "t\x7f", "/"):
         assert not is_listable(odd)
     for fine in ("1700000000.M1P1.h\u00e9st:2,S", ".hidden", "a b"):
         assert is_listable(fine)

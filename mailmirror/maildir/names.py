@@ -70,15 +70,21 @@ def check_name(name: str) -> None:
 
 
 def is_listable(name: str) -> bool:
-    """Whether a name can travel in a newline-separated UTF-8 block (the agent's `list`
-    reply, docs/protocol.md): the others go apart, for the client to report as invalid."""
-    if "\n" in name:
-        return False
+    """Whether a name travels in a block of the agent's `list` reply (docs/protocol.md): a
+    valid one. The others (a newline, a control byte, not UTF-8) go apart, for the client to
+    skip and report, as a scan of a local maildir does; in a block they would be refused
+    as hostile, and one odd file would stop every sync of the maildir."""
     try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
+        check_name(name)
+    except InvalidName:
         return False
     return True
+
+
+def is_plain_block(block: bytes) -> bool:
+    """Whether a block of names joined by newlines holds printable ASCII only (no slash):
+    the common case, checked in one pass in C."""
+    return not block.translate(None, _BLOCK_BYTES)
 
 
 def split_relname(relname: str, subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> tuple[str, str]:
@@ -107,7 +113,7 @@ def split_names(block: bytes, subdir: str) -> list[str]:
     if not block:
         return []
     prefix = subdir + "/"
-    if (block.translate(None, _BLOCK_BYTES) or block.startswith((b"\n", b"."))
+    if (not is_plain_block(block) or block.startswith((b"\n", b"."))
             or block.endswith(b"\n") or b"\n\n" in block or b"\n." in block):
         names = block.decode("utf-8", "surrogateescape").split("\n")
         for name in names:

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO, Protocol, TypeVar
 
-from mailmirror.errors import ReplicaError
+from mailmirror.errors import ReplicaError, printable
 from mailmirror.maildir.folders import InvalidFolder, check_folder
 from mailmirror.maildir.names import MESSAGE_SUBDIRS, InvalidName, is_listable, split_names
 from mailmirror.replica.base import (
@@ -63,6 +63,12 @@ class Channel(Protocol):
 
     def read_exactly(self, n: int) -> bytes: ...
 
+    def answered(self) -> None:
+        """The agent answered hello: from now on a reply may take as long as work does (a
+        hello is bounded by the connect timeout: a remote command that never answers must
+        not hang the sync)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -92,6 +98,7 @@ class AgentReplica:
             theirs = _said(hello.get("version") if isinstance(hello, dict) else "?")
             raise ReplicaError(f"{label}: the agent speaks protocol version {theirs}, "
                                f"this client {VERSION}: install the same mailmirror version there")
+        self.channel.answered()
         self.remote_root = _said(hello.get("label", ""))
         self._id: str | None = None
         self._watching = False
@@ -449,9 +456,8 @@ class AgentReplica:
 
 
 def _said(text: object, limit: int = 300) -> str:
-    """Text from the agent, as one printable line: a hostile agent could otherwise clear the
-    screen or forge a second line of our output."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text)[:limit])
+    """Text from the agent, as one printable line of at most `limit` characters."""
+    return printable(text, limit)
 
 
 def _halves(items: Sequence[Delivery]) -> list[Sequence[Delivery]]:
@@ -507,6 +513,9 @@ class PipeChannel:
     def send(self, pieces: Sequence[bytes]) -> None:
         self._stdin.writelines(pieces)
         self._stdin.flush()
+
+    def answered(self) -> None:
+        """A local process: nothing to time out."""
 
     def close(self) -> None:
         try:

@@ -32,7 +32,11 @@ class Remote:
 def parse_address(text: str) -> Remote | str:
     """A Remote for remote addresses, else the local path unchanged. Raises UsageError."""
     if text.startswith("ssh://"):
-        parts = urlsplit(text)
+        try:
+            parts = urlsplit(text)
+        except ValueError:  # an unclosed [ of an IPv6 address
+            raise UsageError(f"{text!r} is not a valid address: write "
+                             "ssh://[user@]host[:port]/path") from None
         if not parts.hostname:
             raise UsageError(f"{text!r} has no host: write ssh://[user@]host[:port]/path")
         try:
@@ -50,6 +54,9 @@ def parse_address(text: str) -> Remote | str:
         return text
     match = _SCP.match(text)
     if not match:
+        if ":" in text.split("/", 1)[0]:
+            raise UsageError(f"{text!r} has no host: write [user@]host:path, or ./{text} for "
+                             "a local path")
         return text
     path = match["path"] or "."
     host = match["host"].strip("[]")

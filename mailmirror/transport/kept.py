@@ -153,6 +153,8 @@ class KeptChannel:
                 self.sock.sendall(chunk)
         except TimeoutError:
             raise self._stalled() from None
+        except (BrokenPipeError, ConnectionResetError):
+            raise self._ended() from None
 
     def read_exactly(self, n: int) -> bytes:
         try:
@@ -164,17 +166,19 @@ class KeptChannel:
         if n and not data:
             # the keeper closes this end when the agent's output ends, and the kernel when
             # the keeper is gone: which one, this end cannot tell
-            raise ReplicaError(f"{self.host}: the kept connection ended (its keeper, or the "
-                               "agent behind it, is gone); nothing half-written was "
-                               "published: run the sync again")
+            raise self._ended()
         return data
+
+    def _ended(self) -> ReplicaError:
+        return ReplicaError(f"{self.host}: the kept connection ended (its keeper, or the "
+                            "agent behind it, is gone); nothing half-written was published: "
+                            "run the sync again")
 
     def _stalled(self) -> ReplicaError:
         return ReplicaError(f"{self.host}: no answer for {self.sock.gettimeout():g} s through "
                             "the kept connection: the connection stalled (check the network)")
 
     def answered(self) -> None:
-        """The agent answered hello: from now on a reply may take as long as a direct one's."""
         self.sock.settimeout(self.io_timeout)
 
     def close(self) -> None:

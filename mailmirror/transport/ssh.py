@@ -56,6 +56,7 @@ class SshChannel:
         self.session = session
         self.process = process
         self.command = command
+        self.greeted = False  # the agent answered hello: replies may take io_timeout
 
     def send(self, pieces: Sequence[bytes]) -> None:
         async def write() -> None:
@@ -78,7 +79,22 @@ class SshChannel:
                 await self._explain_eof()
                 return b""
 
-        return self.session.run(read(), self.session.options.io_timeout)
+        if self.greeted:
+            return self.session.run(read(), self.session.options.io_timeout)
+
+        async def first() -> bytes:
+            limit = self.session.options.connect_timeout
+            try:
+                return await asyncio.wait_for(read(), limit)
+            except TimeoutError:
+                raise ReplicaError(f"{self.session.host}: `{self.command}` did not answer "
+                                   f"within {limit:g} s: check --remote-command (or the "
+                                   "profile's remote_command and timeout)") from None
+
+        return self.session.run(first(), None)
+
+    def answered(self) -> None:
+        self.greeted = True
 
     async def _explain_eof(self) -> None:
         """The agent went away before answering: say why, from its exit status and stderr."""
@@ -179,6 +195,9 @@ class SshSession:
         except (asyncssh.ConnectionLost, BrokenPipeError, ConnectionResetError) as exc:
             raise ReplicaError(f"{self.host}: connection lost ({_reason(exc)}); nothing "
                                "half-written was published: run the sync again") from None
+        except asyncssh.KeyImportError as exc:
+            raise ReplicaError(f"{self.host}: cannot use the key ({exc}): give --identity (or "
+                               "IdentityFile) the private key file, not the .pub") from None
         except asyncssh.Error as exc:
             raise ReplicaError(f"{self.host}: {exc.reason}") from None
         except ConnectionRefusedError:
@@ -188,6 +207,10 @@ class SshSession:
             raise ReplicaError(f"{self.host}: cannot resolve the host name ({exc.strerror})"
                                ) from None
         except OSError as exc:
+            if not self._connected and exc.filename:  # a file the connection is made from
+                raise ReplicaError(f"{self.host}: cannot read {exc.filename} "
+                                   f"({exc.strerror or exc}): check --identity, --ssh-config "
+                                   "and --known-hosts (or the profile's)") from None
             if not self._connected:
                 raise ReplicaError(f"{self.host}: {exc.strerror or exc}") from None
             raise ReplicaError(f"{self.host}: connection lost ({exc.strerror or exc}); nothing "

@@ -172,11 +172,48 @@ def test_keep_connection_out_of_range_is_a_usage_error(cli: Cli, scratch: Path,
 
 def test_watch_needs_an_interval_and_a_poll_of_more_than_zero(cli: Cli, scratch: Path,
                                                                user: User) -> None:
-    """0 (or less) once started a watch that synced without pause, a core busy for ever."""
+    """0 (or less) once started a watch that synced without pause, a core busy for ever;
+    inf (or 1e10) one that crashed after its first sync, when it set its next deadline."""
     a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG})
-    for option, value in (("--interval", "0"), ("--poll", "-1"), ("--interval", "nan")):
+    for option, value in (("--interval", "0"), ("--poll", "-1"), ("--interval", "nan"),
+                          ("--interval", "inf"), ("--poll", "1e10")):
         run = cli.run("watch", str(a), str(scratch / "B"), "--state", str(scratch / "s.db"),
                       option, value)
         line = run.assert_clean_error(2)
         assert option in line and "more than 0 seconds" in line, line
     assert not (scratch / "B").exists()
+
+
+def test_a_hostile_file_name_reaches_the_terminal_escaped(cli: Cli, scratch: Path,
+                                                         user: User) -> None:
+    """A message name holding a terminal escape or a newline is skipped; its line says so
+    in printable text, one line each, instead of turning the terminal red or forging a line."""
+    a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG,
+                                      "cur/esc\x1b[31mred:2,S": MSG, "cur/bad\nname:2,S": MSG})
+    run = sync(cli, a, scratch / "B")
+    assert run.rc == 1, (run.rc, run.stderr)
+    assert "\x1b" not in run.stderr, run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 2 and all(line.startswith("mailmirror: skipped: ") for line in lines)
+    assert any("esc\\x1b[31mred" in line for line in lines), lines
+
+
+def test_ssh_files_that_cannot_be_used_are_named(cli: Cli, scratch: Path, user: User) -> None:
+    """Not a traceback (a public key given as --identity), nor the host's name where the
+    file's belongs (a missing one). Nothing is reached: port 1 on loopback."""
+    import subprocess
+
+    a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG})
+    key = scratch / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    os.chmod(key.with_suffix(".pub"), 0o644)
+    for option, path, says in (
+            ("--identity", f"{key}.pub", "cannot use the key (Invalid private key): give "
+             "--identity (or IdentityFile) the private key file, not the .pub"),
+            ("--identity", "/nonexistent/id", "cannot read /nonexistent/id (No such file or "
+             "directory): check --identity, --ssh-config and --known-hosts"),
+            ("--ssh-config", "/nonexistent/cfg", "cannot read /nonexistent/cfg")):
+        run = cli.run("sync", str(a), "ssh://127.0.0.1:1/x", "--state",
+                      str(scratch / "s.db"), option, path)
+        line = run.assert_clean_error(3)
+        assert line.startswith("mailmirror: 127.0.0.1: ") and says in line, line

@@ -197,8 +197,8 @@ while len(prefix := inp.read(12)) == 12:
     ({"new": "a\\..\\b"}, ["Evil\x07"], None),  # a control byte in a folder name
     ({}, ["INBOX", "a/../../b"], None),
     ({}, ["INBOX", "/etc"], None),
-    # names apart from the blocks are only those a block cannot hold, where asked
-    ({}, ["INBOX"], {"INBOX": {"cur": ["../x"]}}),
+    # names apart from the blocks are only invalid ones (skipped, see below), where asked
+    ({}, ["INBOX"], {"INBOX": {"cur": ["1.M1P1.x:2,S"]}}),
     ({}, ["INBOX"], {"INBOX": {"tmp": ["a\nb"]}}),
     ({}, ["INBOX"], {"Elsewhere": {"cur": ["a\nb"]}}),
     ({}, ["INBOX"], {"INBOX": ["a\nb"]}),
@@ -221,19 +221,19 @@ def test_hostile_names_from_an_agent_are_refused(tmp_path: Path, names: dict[str
 
 
 def test_names_apart_from_an_agent_are_only_ever_skipped(tmp_path: Path) -> None:
-    """A name the agent sends apart (it has a newline) is reported and skipped, never made
-    a path: not even one that climbs out of the maildir."""
+    """A name the agent sends apart (it is not valid) is reported and skipped, never made a
+    path: not even one that climbs out of the maildir."""
     script = tmp_path / "fake.py"
     script.write_text(FAKE)
     a = maildir(tmp_path / "a")
     before = sorted(tmp_path.rglob("*"))
-    apart = {"INBOX": {"cur": ["../../x\n:2,S", "1.M1P1.h\n,S=3"]}}
+    apart = {"INBOX": {"cur": ["../../x\n:2,S", "1.M1P1.h\n,S=3", "../../etc/passwd"]}}
     remote = AgentReplica(PipeChannel([sys.executable, str(script), json.dumps({}),
                                        json.dumps(["INBOX"]), json.dumps(apart)]), "hostile")
     report = sync(open_local(a), remote, _state(tmp_path), SyncOptions())
     remote.channel.close()
-    assert len(report.skipped) == 2 and not report.counts
-    assert all("hostile: INBOX/cur/" in line and "control byte" in line
+    assert len(report.skipped) == 3 and not report.counts
+    assert all("hostile: INBOX/cur/" in line and "separator or control byte" in line
                for line in report.skipped)
     new = [p for p in sorted(tmp_path.rglob("*")) if p not in before]
     assert all(p.name.startswith(("s.db", "mailmirror-")) or p.parent.name == "locks"

@@ -428,3 +428,16 @@ def test_the_keeper_killed_in_the_middle_of_a_sync_leaves_no_partial_file(
 
 def count(root: Path) -> int:
     return sum(len(seen) for seen in messages(root).values())
+
+
+def test_a_keeper_gone_while_a_request_is_sent_is_the_kept_connection_ending() -> None:
+    """Not "Broken pipe" as a fatal error of unknown origin."""
+    from mailmirror.errors import ReplicaError
+    from mailmirror.transport.kept import KeptChannel
+
+    ours, keepers = socket.socketpair()
+    keepers.close()
+    channel = KeptChannel(ours, "mailhost", 5)
+    with pytest.raises(ReplicaError, match="mailhost: the kept connection ended"):
+        channel.send([b"x" * (1 << 20)])
+    channel.close()
