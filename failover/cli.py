@@ -140,7 +140,7 @@ def watch(
             signal.signal(signum, lambda *_: stop.set())
 
         def on_error(exc: Exception) -> None:
-            _error(_message(exc), ctx.obj.debug, exc)
+            _error(_message(_user_error(exc, ctx.obj.state)), ctx.obj.debug, exc)
 
         engine.watch(config, state, interval, stop, lambda r: _emit(config, r, False), on_error)
 
@@ -218,12 +218,25 @@ def _session(
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:
-        _error(_message(exc), opts.debug, exc)
-        code = exc.exit_code if isinstance(exc, MailmirrorError) else EXIT_FATAL
+        shown = _user_error(exc, opts.state)
+        _error(_message(shown), opts.debug, exc)
+        code = shown.exit_code if isinstance(shown, MailmirrorError) else EXIT_FATAL
         raise typer.Exit(code) from None
     finally:
         if state is not None:
             state.close()
+
+
+def _user_error(exc: Exception, state_path: Path) -> Exception:
+    """The one-line form of an SQLite error on the state database (mailmirror's wording and
+    exit code); other exceptions as they are."""
+    import sqlite3
+
+    if isinstance(exc, sqlite3.Error):
+        from mailmirror.store import store_error
+
+        return store_error(exc, state_path.expanduser())
+    return exc
 
 
 def _message(exc: Exception) -> str:

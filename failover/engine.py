@@ -71,7 +71,7 @@ def run_cycle(config: Config, state: State, now: datetime | None = None) -> Repo
     healthy, results = run_checks(config.checks, config.combine)
     now = now or datetime.now(UTC)
     policy = Policy(config.fail_after, config.recover_after, config.min_backup_seconds)
-    with locked(state.path):
+    with _changing(state):
         health, _ = _remembered(config, state)
         transition = hysteresis.observe(health, healthy, now, policy)
         state.save_health(transition.health, now)
@@ -86,7 +86,7 @@ def run_cycle(config: Config, state: State, now: datetime | None = None) -> Repo
 def rewrite_zones(config: Config, state: State, force: bool, now: datetime | None = None) -> Report:
     """`failover zones`: rewrite for the server DNS points at now, without checking main."""
     now = now or datetime.now(UTC)
-    with locked(state.path):
+    with _changing(state):
         health, _ = _remembered(config, state)
         return Report(now, health, apply_zones(config, state, health, now, force))
 
@@ -96,7 +96,7 @@ def hold(
 ) -> Report:
     """Pin DNS to `server` for maintenance and apply it at once."""
     now = now or datetime.now(UTC)
-    with locked(state.path):
+    with _changing(state):
         health, checked_at = _remembered(config, state)
         transition = hysteresis.hold(health, server, now)
         state.save_health(transition.health, checked_at)
@@ -110,7 +110,7 @@ def hold(
 def release(state: State, now: datetime | None = None) -> Health:
     """End a hold; the next check decides where DNS points."""
     now = now or datetime.now(UTC)
-    with locked(state.path):
+    with _changing(state):
         health, checked_at = state.health()
         released = hysteresis.release(health)
         state.save_health(released, checked_at)
@@ -227,6 +227,15 @@ def _switch_text(config: Config, transition: Transition) -> str:
     ip, ip6 = config.ip_for(server)
     shown = f"{ip} / {ip6}" if ip6 else ip
     return f"DNS now points at {server} {shown}: {transition.reason}"
+
+
+@contextmanager
+def _changing(state: State) -> Iterator[None]:
+    """The lock, and a store known to take writes: a read-only one fails here (sqlite3.Error),
+    before a zone file is written that could then not be recorded."""
+    with locked(state.path):
+        state.check_writable()
+        yield
 
 
 @contextmanager

@@ -102,6 +102,17 @@ class State:
     def close(self) -> None:
         self.store.close()
 
+    def check_writable(self) -> None:
+        """Raise sqlite3.Error unless the store takes writes. A read-only file opens and reads
+        fine and fails only at the first write, which may come after a zone file was written."""
+        conn = self.store.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM failover_event WHERE 0")  # a write that changes nothing
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
     def zone(self, zone: str) -> ZoneRow | None:
         row = self.store.conn.execute(
             "SELECT * FROM failover_zone WHERE zone = ?", (zone,)

@@ -89,6 +89,18 @@ def nsd_rig() -> Iterator[Rig]:
 
 
 @pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A scratch folder nobody owns, under /tmp: pytest's tmp_path is closed to other users."""
+    root = Path(tempfile.mkdtemp(prefix="fo-", dir="/tmp"))
+    root.chmod(0o755)
+    _give_to_nobody(root)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
 def main_server() -> Iterator[MainServer]:
     server = MainServer()
     server.start()

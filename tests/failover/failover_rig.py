@@ -7,11 +7,14 @@ as shared/notes/nsd.md describes. With CI=true a missing nsd fails the tests, el
 
 from __future__ import annotations
 
+import grp
 import http.server
 import os
+import pwd
 import random
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,9 +46,32 @@ www IN A   192.0.2.10 ; @IP@
 """
 MAIN_IP = "192.0.2.10"
 BACKUP_IP = "198.51.100.20"
+REPO = Path(__file__).resolve().parents[2]
+AS_NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
 
 
+def unprivileged(argv: list[str]) -> list[str]:
+    """`argv` run as nobody when the tests run as root, for whom file modes do not apply."""
+    return [*AS_NOBODY, *argv] if os.geteuid() == 0 else argv
 
+
+def give_to_nobody(*paths: Path) -> None:
+    """Give `paths` and everything below them to nobody (a no-op unless we are root)."""
+    if os.geteuid() != 0:
+        return
+    for top in paths:
+        for path in [top, *top.rglob("*")]:
+            os.chown(path, pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid,
+                     follow_symlinks=False)
+
+
+def run_failover(*args: str, stdout: int | None = subprocess.PIPE
+                 ) -> subprocess.CompletedProcess[str]:
+    """This checkout's `python -m failover ARGS` in a new process, as nobody when we are root."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO),
+           "LANG": "C.UTF-8"}
+    return subprocess.run(unprivileged([sys.executable, "-m", "failover", *args]), env=env,
+                          cwd="/", stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60)
 
 
 def free_endpoint() -> tuple[str, int]:
@@ -148,8 +174,7 @@ zone:
     def start(self) -> None:
         nsd = require_binary("nsd")
         command = [nsd, "-d", "-c", str(self.conf)]
-        if os.geteuid() == 0:
-            command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
+        command = unprivileged(command)
         log = open(self.root / "stdout.log", "ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         log.close()

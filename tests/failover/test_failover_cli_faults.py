@@ -1,0 +1,69 @@
+"""The command line against real faults: file modes, an unwritable stdout, a mistyped --state.
+
+Each runs `python -m failover` in a new process, as nobody when the tests run as root (root
+ignores file modes), in a folder under /tmp that nobody owns. Every fault must end in one line
+on stderr naming the file and the fix, with the exit code docs/reference.md gives it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from failover_rig import BACKUP_IP, MAIN_IP, TEMPLATE, give_to_nobody, run_failover, write_config
+
+
+@dataclass(frozen=True)
+class Site:
+    templates: Path
+    zones: Path
+    config: Path
+    state: Path
+
+    @property
+    def args(self) -> list[str]:
+        return ["--config", str(self.config), "--state", str(self.state)]
+
+    @property
+    def zone(self) -> Path:
+        return self.zones / "example.test.zone"
+
+
+@pytest.fixture
+def site(open_tmp: Path) -> Site:
+    templates, zones = open_tmp / "templates", open_tmp / "zones"
+    templates.mkdir()
+    zones.mkdir()
+    (templates / "example.test.zone").write_text(TEMPLATE)
+    config = write_config(
+        open_tmp / "config.toml",
+        [{"type": "tcp", "host": "127.0.0.1", "port": 9, "timeout": 1}],
+        main_ip=MAIN_IP,
+        backup_ip=BACKUP_IP,
+        templates=str(templates),
+        zones_dir=str(zones),
+        reload=[],
+    )
+    (open_tmp / "state").mkdir()
+    give_to_nobody(open_tmp)
+    return Site(templates, zones, config, open_tmp / "state" / "state.sqlite3")
+
+
+def snapshot(path: Path) -> tuple[bytes, int]:
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+def test_a_read_only_state_database_is_one_line_and_nothing_is_written(site):
+    assert run_failover(*site.args, "run").returncode == 0
+    before = snapshot(site.zone)
+    site.state.chmod(0o444)
+    for command in (["run"], ["hold", "backup"], ["zones", "--force"], ["release"]):
+        done = run_failover(*site.args, *command)
+        assert (done.returncode, done.stdout) == (3, ""), command
+        assert done.stderr == (
+            f"failover: state database {site.state} cannot be written (attempt to write a "
+            "readonly database): fix the permissions of the file and its directory (run as "
+            "their owner), or use --state PATH\n"
+        ), command
+    assert snapshot(site.zone) == before  # zones --force checked the store before writing
