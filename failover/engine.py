@@ -188,8 +188,9 @@ def _remembered(config: Config, state: State) -> tuple[Health, datetime | None]:
         return state.health()
     try:
         templates = rewrite.load_templates(config.templates)
+        rewrite.check_zones_dir(config.zones_dir)
     except DirectoryError:
-        return Health(), None  # apply_zones says what is wrong with the directory
+        return Health(), None  # apply_zones says what is wrong with the directories
     ips = {server: config.ip_for(server) for server in ("backup", "main")}
     health = Health(active=rewrite.points_at(templates, config.zones_dir, ips) or "main")
     state.save_health(health, None)

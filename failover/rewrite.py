@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -62,15 +63,22 @@ def load_templates(directory: Path) -> list[Template]:
 
     A template that cannot be read, or two that serve one zone (their state would be mixed
     up), carry a `problem`: that zone is skipped, the others proceed. Raises DirectoryError
-    when the directory is missing or holds no template.
+    when the directory is missing, unreadable or holds no template.
     """
-    if not directory.is_dir():
+    try:
+        paths = sorted(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
         raise DirectoryError(
             f"templates directory {directory} does not exist: create it or fix "
             "[failover] templates in the config"
-        )
+        ) from None
+    except OSError as exc:
+        raise DirectoryError(
+            f"cannot read the templates directory {directory} ({exc.strerror}): run failover "
+            "as a user that may read it, or fix [failover] templates in the config"
+        ) from None
     templates = []
-    for path in sorted(directory.iterdir()):
+    for path in paths:
         if path.name.startswith(".") or path.name.endswith(BACKUPS) or not path.is_file():
             continue
         try:
@@ -99,8 +107,18 @@ def load_templates(directory: Path) -> list[Template]:
 
 
 def check_zones_dir(directory: Path) -> None:
-    """Raise DirectoryError unless `directory` exists and is writable (checked before any write)."""
-    if not directory.is_dir():
+    """Raise DirectoryError unless `directory` is a directory we may write (checked before any
+    write)."""
+    try:
+        is_dir = stat.S_ISDIR(directory.stat().st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        is_dir = False
+    except OSError as exc:
+        raise DirectoryError(
+            f"zones_dir {directory} cannot be reached ({exc.strerror}): run as the owner of "
+            "the directories above it, or fix [failover] zones_dir in the config"
+        ) from None
+    if not is_dir:
         raise DirectoryError(
             f"zones_dir {directory} does not exist: create it (it is NSD's zonesdir) or fix "
             "[failover] zones_dir in the config"

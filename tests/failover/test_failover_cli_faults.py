@@ -67,3 +67,35 @@ def test_a_read_only_state_database_is_one_line_and_nothing_is_written(site):
             "their owner), or use --state PATH\n"
         ), command
     assert snapshot(site.zone) == before  # zones --force checked the store before writing
+
+
+def test_an_unreadable_templates_directory_is_one_line(site):
+    site.templates.chmod(0o000)
+    try:
+        done = run_failover(*site.args, "run")
+    finally:
+        site.templates.chmod(0o755)
+    assert done.returncode == 3
+    assert done.stderr == (
+        f"failover: cannot read the templates directory {site.templates} (Permission denied): "
+        "run failover as a user that may read it, or fix [failover] templates in the config\n"
+    )
+    assert list(site.zones.iterdir()) == []
+
+
+def test_a_zones_dir_behind_a_closed_directory_is_one_line(site, open_tmp):
+    closed = open_tmp / "closed"
+    (closed / "zones").mkdir(parents=True)
+    give_to_nobody(closed)
+    config = site.config.read_text().replace(str(site.zones), str(closed / "zones"))
+    site.config.write_text(config)
+    closed.chmod(0o000)
+    try:
+        done = run_failover(*site.args, "zones")
+    finally:
+        closed.chmod(0o755)
+    assert done.returncode == 3
+    assert done.stderr == (
+        f"failover: zones_dir {closed / 'zones'} cannot be reached (Permission denied): run as "
+        "the owner of the directories above it, or fix [failover] zones_dir in the config\n"
+    )
