@@ -63,14 +63,19 @@ def load_templates(directory: Path) -> list[Template]:
 
     A template that cannot be read, or two that serve one zone (their state would be mixed
     up), carry a `problem`: that zone is skipped, the others proceed. Raises DirectoryError
-    when the directory is missing, unreadable or holds no template.
+    when the directory is missing, unreadable, not a directory, or holds no template.
     """
     try:
         paths = sorted(directory.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         raise DirectoryError(
             f"templates directory {directory} does not exist: create it or fix "
             "[failover] templates in the config"
+        ) from None
+    except NotADirectoryError:
+        raise DirectoryError(
+            f"templates {_not_a_directory(directory)}: point [failover] templates at the "
+            "directory that holds the zone templates"
         ) from None
     except OSError as exc:
         raise DirectoryError(
@@ -110,18 +115,21 @@ def check_zones_dir(directory: Path) -> None:
     """Raise DirectoryError unless `directory` is a directory we may write (checked before any
     write)."""
     try:
-        is_dir = stat.S_ISDIR(directory.stat().st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        is_dir = False
+        mode = directory.stat().st_mode
+    except FileNotFoundError:
+        raise DirectoryError(
+            f"zones_dir {directory} does not exist: create it (it is NSD's zonesdir) or fix "
+            "[failover] zones_dir in the config"
+        ) from None
     except OSError as exc:
         raise DirectoryError(
             f"zones_dir {directory} cannot be reached ({exc.strerror}): run as the owner of "
             "the directories above it, or fix [failover] zones_dir in the config"
         ) from None
-    if not is_dir:
+    if not stat.S_ISDIR(mode):
         raise DirectoryError(
-            f"zones_dir {directory} does not exist: create it (it is NSD's zonesdir) or fix "
-            "[failover] zones_dir in the config"
+            f"zones_dir {_not_a_directory(directory)}: point [failover] zones_dir at NSD's "
+            "zonesdir, the directory its zone files are in"
         )
     if not os.access(directory, os.W_OK | os.X_OK):
         raise DirectoryError(f"zones_dir {directory} is not writable: run as its owner")
@@ -280,6 +288,10 @@ def _replace_with(path: Path, fill: Callable[[str], object], mode: int,
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _not_a_directory(path: Path) -> str:
+    return f"{path} is a file, not a directory" if path.is_file() else f"{path} is not a directory"
 
 
 def _live_text(path: Path) -> str | None:

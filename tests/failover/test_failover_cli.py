@@ -85,6 +85,19 @@ def test_a_missing_zones_dir_exits_3_and_names_the_key(runner, config, tmp_path)
     assert not (tmp_path / "zones").exists()
 
 
+@pytest.mark.parametrize("key", ["templates", "zones_dir"])
+def test_a_directory_that_is_a_file_is_called_a_file(runner, config, tmp_path, key):
+    folder = tmp_path / ("templates" if key == "templates" else "zones")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x\n")
+    config.write_text(config.read_text().replace(f'"{folder}"', f'"{a_file}"'))
+    result = runner.invoke(app, ["--config", str(config), "zones"])
+    assert result.exit_code == 3
+    assert result.stderr.startswith(f"failover: {key} {a_file} is a file, not a directory: ")
+    assert f"[failover] {key}" in result.stderr and result.stderr.count("\n") == 1
+    assert list((tmp_path / "zones").iterdir()) == []
+
+
 def test_an_unusable_state_store_exits_3(runner, config, tmp_path):
     bad = tmp_path / "state.sqlite3"
     bad.write_text("this is not sqlite" * 100)
