@@ -286,6 +286,9 @@ def _url(value: Any) -> str | None:
 def _reload(value: Any) -> str | None:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         return 'must be a list of strings (argv), e.g. ["nsd-control", "reload", "{zone}"]'
+    if value and not value[0].strip():  # else it fails only at the first rewrite, as a path ''
+        return ('its first item, the program to run, is empty: name one, e.g. "nsd-control", '
+                "or give [] for no reload command")
     for arg in value:
         try:
             fields = {f for _, f, _, _ in string.Formatter().parse(arg) if f is not None}

@@ -90,6 +90,16 @@ def test_unreadable_or_invalid_files_are_one_line_errors(tmp_path):
         load(bad)
 
 
+@pytest.mark.parametrize("reload", [[""], [" ", "reload"]])
+def test_a_reload_command_without_a_program_is_refused(reload):
+    document = tomllib.loads(EXAMPLE.read_text())
+    document["failover"]["reload"] = reload
+    assert validate(document) == [
+        'failover.reload: its first item, the program to run, is empty: name one, e.g. '
+        '"nsd-control", or give [] for no reload command'
+    ]
+
+
 def test_nsd_config_shapes_the_default_reload_command(tmp_path):
     text = EXAMPLE.read_text().replace('reload = ["nsd-control", "reload", "{zone}"]', "")
     path = tmp_path / "c.toml"
