@@ -56,6 +56,7 @@ class Report:
     checks: list[CheckResult] = field(default_factory=list)
     healthy: bool | None = None
     transition: Transition | None = None
+    checked_at: datetime | None = None  # when main was last checked (this run, if it checked)
 
     def problems(self) -> list[str]:
         """Each once: templates that serve one zone all carry the same line."""
@@ -80,15 +81,16 @@ def run_cycle(config: Config, state: State, now: datetime | None = None) -> Repo
         if transition.switched:
             state.add_event(Event(now, "switch", None, _switch_text(config, transition)))
         zones = apply_zones(config, state, transition.health, now, force=False)
-    return Report(now, transition.health, zones, results, healthy, transition)
+    return Report(now, transition.health, zones, results, healthy, transition, now)
 
 
 def rewrite_zones(config: Config, state: State, force: bool, now: datetime | None = None) -> Report:
     """`failover zones`: rewrite for the server DNS points at now, without checking main."""
     now = now or datetime.now(UTC)
     with _changing(state):
-        health, _ = _remembered(config, state)
-        return Report(now, health, apply_zones(config, state, health, now, force))
+        health, checked_at = _remembered(config, state)
+        zones = apply_zones(config, state, health, now, force)
+    return Report(now, health, zones, checked_at=checked_at)
 
 
 def hold(
@@ -104,7 +106,7 @@ def hold(
         if transition.switched:
             state.add_event(Event(now, "switch", None, _switch_text(config, transition)))
         zones = apply_zones(config, state, transition.health, now, force=False)
-    return Report(now, transition.health, zones, transition=transition)
+    return Report(now, transition.health, zones, transition=transition, checked_at=checked_at)
 
 
 def release(state: State, now: datetime | None = None) -> Health:

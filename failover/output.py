@@ -74,7 +74,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "active": report.health.active,
         "switched": bool(report.transition and report.transition.switched),
         "reason": report.transition.reason if report.transition else None,
-        "health": _health_json(report.health, None),
+        "health": _health_json(report.health, report.checked_at),
         "zones": [_zone_report_json(z) for z in report.zones],
         "problems": report.problems(),
     }

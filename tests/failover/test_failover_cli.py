@@ -150,6 +150,9 @@ def test_the_json_report_of_run(runner, config):
     report = json.loads(runner.invoke(app, ["--config", str(config), "run", "--json"]).stdout)
     assert report["healthy"] is True and report["active"] == "main"
     assert report["checks"][0]["ok"] and report["problems"] == []
+    status = json.loads(runner.invoke(app, ["--config", str(config), "status", "--json"]).stdout)
+    assert report["health"] == status["health"]  # checked_at too: main was checked just now
+    assert report["health"]["checked_at"] == report["at"][:19] + "+00:00"
     (zone,) = report["zones"]
     assert (zone["zone"], zone["status"], zone["reason"]) == (
         "example.test",
