@@ -192,8 +192,11 @@ def release(ctx: typer.Context) -> None:
     with _session(ctx, need_config=False) as (_, state):
         from failover import engine
 
-        health = engine.release(state)
-        typer.echo(f"released; DNS points at {health.active} until the next check decides")
+        health, held = engine.release(state)
+        if held is None:
+            typer.echo(f"nothing was held; DNS points at {health.active} as the checks decide")
+        else:
+            typer.echo(f"released; DNS points at {health.active} until the next check decides")
 
 
 def main() -> None:

@@ -109,15 +109,18 @@ def hold(
     return Report(now, transition.health, zones, transition=transition, checked_at=checked_at)
 
 
-def release(state: State, now: datetime | None = None) -> Health:
-    """End a hold; the next check decides where DNS points."""
+def release(state: State, now: datetime | None = None) -> tuple[Health, hysteresis.Server | None]:
+    """End a hold; the next check decides where DNS points. Returns the health and the server
+    that was held, or None when nothing was (and then writes nothing)."""
     now = now or datetime.now(UTC)
-    with _changing(state):
+    with locked(state.path):
         health, checked_at = state.health()
+        if health.hold is None:
+            return health, None
         released = hysteresis.release(health)
         state.save_health(released, checked_at)
         state.add_event(Event(now, "release", None, "hold released; checks decide again"))
-    return released
+    return released, health.hold
 
 
 def watch(

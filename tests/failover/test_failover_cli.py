@@ -146,6 +146,23 @@ def test_status_lists_zones_health_and_history(runner, config):
     assert lines[2] == "history:" and " check   up   http://" in lines[3]
 
 
+def test_release_says_when_nothing_was_held_and_records_nothing(runner, config):
+    def history() -> list:
+        shown = runner.invoke(app, ["--config", str(config), "status", "--json"]).stdout
+        return json.loads(shown)["history"]
+
+    runner.invoke(app, ["--config", str(config), "run"])
+    before = history()
+    result = runner.invoke(app, ["--config", str(config), "release"])
+    assert (result.exit_code, result.stdout) == (
+        0, "nothing was held; DNS points at main as the checks decide\n")
+    assert history() == before
+    runner.invoke(app, ["--config", str(config), "hold", "backup"])
+    held = runner.invoke(app, ["--config", str(config), "release"])
+    assert held.stdout == "released; DNS points at backup until the next check decides\n"
+    assert history()[-1]["kind"] == "release"
+
+
 def test_the_json_report_of_run(runner, config):
     report = json.loads(runner.invoke(app, ["--config", str(config), "run", "--json"]).stdout)
     assert report["healthy"] is True and report["active"] == "main"
