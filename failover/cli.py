@@ -8,12 +8,13 @@ Quiet when stdout is not a terminal (cron): only IP changes and errors are print
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -37,11 +38,34 @@ class Server(StrEnum):
     main = "main"
 
 
+class Stdout:
+    """stdout for one command. A write that fails (a full disk, a reader that went away) is
+    said once on stderr and remembered, not raised: by the time a command prints, its work is
+    done, so it still finishes (its problems on stderr included) and exits 1, never 3, whose
+    "nothing written" would be false. A closed pipe (`| head`) ends the output quietly."""
+
+    def __init__(self) -> None:
+        self.lost = False
+
+    def echo(self, text: str) -> None:
+        if self.lost:
+            return
+        try:
+            typer.echo(text)
+        except OSError as exc:
+            self.lost = True
+            _discard_stdout()
+            if not isinstance(exc, BrokenPipeError):
+                _say(f"failover: cannot write to stdout ({exc.strerror or exc}): the command ran "
+                     "to the end, but its output is lost; check where stdout goes")
+
+
 @dataclass(frozen=True)
 class Options:
     config: Path
     state: Path
     debug: bool
+    stdout: Stdout = field(default_factory=Stdout)
 
 
 @app.callback()
@@ -80,7 +104,7 @@ def zones(
         from failover import engine
 
         report = engine.rewrite_zones(config, state, force)
-        _emit(config, report, as_json)
+        _emit(ctx.obj.stdout, config, report, as_json)
         _exit_for(report)
 
 
@@ -97,7 +121,7 @@ def run(
         from failover import engine
 
         report = engine.run_cycle(config, state)
-        _emit(config, report, as_json)
+        _emit(ctx.obj.stdout, config, report, as_json)
         _exit_for(report)
 
 
@@ -116,9 +140,9 @@ def check(
 
         healthy, results = run_checks(config.checks, config.combine)
         if as_json:
-            _print_json(output.check_json(healthy, results))
+            _print_json(ctx.obj.stdout, output.check_json(healthy, results))
         else:
-            typer.echo("\n".join(output.check_lines(healthy, results)))
+            ctx.obj.stdout.echo("\n".join(output.check_lines(healthy, results)))
         if not healthy:
             raise typer.Exit(EXIT_PARTIAL)
 
@@ -142,7 +166,10 @@ def watch(
         def on_error(exc: Exception) -> None:
             _error(_message(_user_error(exc, ctx.obj.state)), ctx.obj.debug, exc)
 
-        engine.watch(config, state, interval, stop, lambda r: _emit(config, r, False), on_error)
+        def on_report(report: Report) -> None:
+            _emit(ctx.obj.stdout, config, report, False)
+
+        engine.watch(config, state, interval, stop, on_report, on_error)
 
 
 @app.command()
@@ -160,9 +187,9 @@ def status(
 
         shown = output.status_json(state, history)
         if as_json:
-            _print_json(shown)
+            _print_json(ctx.obj.stdout, shown)
         else:
-            typer.echo("\n".join(output.status_lines(shown)))
+            ctx.obj.stdout.echo("\n".join(output.status_lines(shown)))
 
 
 @app.command("hold")
@@ -178,8 +205,9 @@ def hold_command(
         from failover import engine
 
         report = engine.hold(config, state, server.value)
-        typer.echo(f"held on {server.value}; run `failover release` to hand back to the checks")
-        _emit(config, report, False)
+        out = ctx.obj.stdout
+        out.echo(f"held on {server.value}; run `failover release` to hand back to the checks")
+        _emit(out, config, report, False)
         _exit_for(report)
 
 
@@ -194,9 +222,11 @@ def release(ctx: typer.Context) -> None:
 
         health, held = engine.release(state)
         if held is None:
-            typer.echo(f"nothing was held; DNS points at {health.active} as the checks decide")
+            ctx.obj.stdout.echo(
+                f"nothing was held; DNS points at {health.active} as the checks decide")
         else:
-            typer.echo(f"released; DNS points at {health.active} until the next check decides")
+            ctx.obj.stdout.echo(
+                f"released; DNS points at {health.active} until the next check decides")
 
 
 def main() -> None:
@@ -208,9 +238,11 @@ def main() -> None:
 def _session(
     ctx: typer.Context, need_config: bool = True, need_state: bool = True
 ) -> Iterator[tuple[Config, State]]:
-    """Load what a command needs and turn user-facing errors into one line and an exit code."""
+    """Load what a command needs and turn user-facing errors into one line and an exit code;
+    a command whose output could not be written exits 1 at least (see Stdout)."""
     opts: Options = ctx.obj
     state = None
+    code = 0
     try:
         from failover.config import load
         from failover.state import open_state
@@ -218,16 +250,21 @@ def _session(
         config = load(opts.config) if need_config else None
         state = open_state(opts.state) if need_state else None
         yield config, state  # type: ignore[misc]
-    except (typer.Exit, typer.Abort):
+    except typer.Exit as done:
+        code = done.exit_code
+    except typer.Abort:
         raise
     except Exception as exc:
         shown = _user_error(exc, opts.state)
         _error(_message(shown), opts.debug, exc)
         code = shown.exit_code if isinstance(shown, MailmirrorError) else EXIT_FATAL
-        raise typer.Exit(code) from None
     finally:
         if state is not None:
             state.close()
+    if opts.stdout.lost:
+        code = max(code, EXIT_PARTIAL)
+    if code:
+        raise typer.Exit(code)
 
 
 def _user_error(exc: Exception, state_path: Path) -> Exception:
@@ -253,21 +290,36 @@ def _error(message: str, debug: bool, exc: BaseException | None = None) -> None:
         import traceback
 
         traceback.print_exception(exc, file=sys.stderr)
-    typer.echo(f"failover: {message}", err=True)
+    _say(f"failover: {message}")
 
 
-def _emit(config: Config, report: Report, as_json: bool) -> None:
+def _say(line: str) -> None:
+    """One line on stderr; when even stderr cannot be written there is no one left to tell."""
+    with suppress(OSError):
+        typer.echo(line, err=True)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null after a failed write: the text still buffered is then dropped
+    at exit, where flushing it again would fail (Python: "Exception ignored", exit 120)."""
+    with suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _emit(out: Stdout, config: Config, report: Report, as_json: bool) -> None:
     from failover import output
 
     if as_json:
-        _print_json(output.report_json(report))
+        _print_json(out, output.report_json(report))
     elif sys.stdout.isatty():
-        typer.echo("\n".join(output.report_lines(config, report)))
+        out.echo("\n".join(output.report_lines(config, report)))
     else:
         for line in output.switch_lines(config, report):
-            typer.echo(line)
+            out.echo(line)
     for problem in report.problems():
-        typer.echo(f"failover: {problem}", err=True)
+        _say(f"failover: {problem}")
 
 
 def _exit_for(report: Report) -> None:
@@ -275,5 +327,5 @@ def _exit_for(report: Report) -> None:
         raise typer.Exit(report.exit_code)
 
 
-def _print_json(value: dict[str, Any]) -> None:
-    typer.echo(json.dumps(value, indent=2))
+def _print_json(out: Stdout, value: dict[str, Any]) -> None:
+    out.echo(json.dumps(value, indent=2))

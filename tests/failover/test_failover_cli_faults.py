@@ -7,6 +7,7 @@ on stderr naming the file and the fix, with the exit code docs/reference.md give
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,3 +100,29 @@ def test_a_zones_dir_behind_a_closed_directory_is_one_line(site, open_tmp):
         f"failover: zones_dir {closed / 'zones'} cannot be reached (Permission denied): run as "
         "the owner of the directories above it, or fix [failover] zones_dir in the config\n"
     )
+
+
+LOST = ("failover: cannot write to stdout (No space left on device): the command ran to the "
+        "end, but its output is lost; check where stdout goes\n")
+
+
+def test_a_full_stdout_is_one_line_and_exit_1_and_the_work_is_done(site):
+    with open("/dev/full", "w") as full:
+        shown = run_failover(*site.args, "status", "--json", stdout=full.fileno())
+        held = run_failover(*site.args, "hold", "backup", stdout=full.fileno())
+    assert (shown.returncode, shown.stderr) == (1, LOST)
+    assert (held.returncode, held.stderr) == (1, LOST)  # 1, not 3: the hold was applied
+    status = run_failover(*site.args, "status")
+    assert status.stdout.splitlines()[0].endswith(", HELD on backup")
+    assert BACKUP_IP in site.zone.read_text()
+
+
+def test_a_reader_that_went_away_ends_the_output_quietly_with_exit_1(site):
+    run_failover(*site.args, "hold", "backup")
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = run_failover(*site.args, "status", "--json", stdout=write)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (1, "")
