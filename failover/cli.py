@@ -182,7 +182,7 @@ def status(
 
     Example: failover status --json | jq '.zones[] | {zone, serial, ip}'
     """
-    with _session(ctx, need_config=False) as (_, state):
+    with _session(ctx, need_config=False, read_only=True) as (_, state):
         from failover import output
 
         shown = output.status_json(state, history)
@@ -236,7 +236,7 @@ def main() -> None:
 
 @contextmanager
 def _session(
-    ctx: typer.Context, need_config: bool = True, need_state: bool = True
+    ctx: typer.Context, need_config: bool = True, need_state: bool = True, read_only: bool = False
 ) -> Iterator[tuple[Config, State]]:
     """Load what a command needs and turn user-facing errors into one line and an exit code;
     a command whose output could not be written exits 1 at least (see Stdout)."""
@@ -248,7 +248,7 @@ def _session(
         from failover.state import open_state
 
         config = load(opts.config) if need_config else None
-        state = open_state(opts.state) if need_state else None
+        state = open_state(opts.state, read_only) if need_state else None
         yield config, state  # type: ignore[misc]
     except typer.Exit as done:
         code = done.exit_code

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from mailmirror.errors import EXIT_FATAL, EXIT_PARTIAL, ConfigError, MailmirrorError
 
-__all__ = ["ConfigError", "FailoverError", "DirectoryError", "TemplateError", "EXIT_PARTIAL"]
+__all__ = ["ConfigError", "FailoverError", "DirectoryError", "NoStateError", "TemplateError",
+           "EXIT_PARTIAL"]
 
 
 class FailoverError(MailmirrorError):
@@ -20,6 +21,10 @@ class FailoverError(MailmirrorError):
 
 class DirectoryError(FailoverError):
     """The templates or zones directory is missing or unusable; no zone was touched."""
+
+
+class NoStateError(FailoverError):
+    """A command that only reads found no failover state at the path given; none was created."""
 
 
 class TemplateError(FailoverError):

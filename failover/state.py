@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from failover.errors import NoStateError
 from failover.hysteresis import Health
 from mailmirror.store import Store, open_store
 
@@ -197,12 +198,38 @@ class State:
         return [VerifyRow(z, s, e, v, o, sec, _time(at)) for z, s, e, v, o, sec, at in rows]
 
 
-def open_state(path: Path) -> State:
+def open_state(path: Path, readonly: bool = False) -> State:
     """Open the shared store at `path` and bring failover's tables up to date.
 
-    Raises StoreError (exit 3) when the database is unusable or too new.
+    `readonly` (status) creates nothing: a mistyped --state must not leave an empty store
+    behind that then reads as "main is up". Raises NoStateError when the file, or failover's
+    tables in it, do not exist yet; StoreError (exit 3) when the database is unusable or too new.
     """
-    return State(open_store(path))
+    path = Path(path).expanduser()
+    if readonly and not path.exists():
+        raise _no_state(path)
+    store = open_store(path, readonly)
+    try:
+        if readonly and not _has_tables(store):
+            raise _no_state(path)
+        return State(store)
+    except BaseException:
+        store.close()
+        raise
+
+
+def _no_state(path: Path) -> NoStateError:
+    return NoStateError(
+        f"no failover state at {path} yet: nothing has run with this state database; check "
+        "the path (--state, $MAILMIRROR_STATE), or run `failover run` first"
+    )
+
+
+def _has_tables(store: Store) -> bool:
+    """Whether failover ever ran on this store (mailmirror alone never makes its tables)."""
+    return store.conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'failover_health'"
+    ).fetchone() is not None
 
 
 def _time(text: str | None) -> datetime | None:

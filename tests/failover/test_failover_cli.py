@@ -2,6 +2,7 @@
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 
@@ -116,25 +117,37 @@ def test_run_is_quiet_without_a_tty_except_ip_changes(runner, config, main_serve
     assert (tmp_path / "zones" / "example.test.zone.prev").exists()
 
 
-def test_check_changes_nothing_and_exits_1_when_main_is_down(runner, config, main_server):
+def test_check_changes_nothing_and_exits_1_when_main_is_down(runner, config, main_server,
+                                                             tmp_path):
     up = runner.invoke(app, ["--config", str(config), "check", "--json"])
     assert up.exit_code == 0 and json.loads(up.stdout)["healthy"] is True
     main_server.stop()
     down = runner.invoke(app, ["--config", str(config), "check"])
     assert down.exit_code == 1 and down.stdout.startswith("main is down\n  FAIL http://")
-    status = json.loads(runner.invoke(app, ["--config", str(config), "status", "--json"]).stdout)
-    assert status == {
-        "health": {
-            "state": "up",
-            "consecutive": 0,
-            "active": "main",
-            "since": None,
-            "hold": None,
-            "checked_at": None,
-        },
-        "zones": [],
-        "history": [],
-    }
+    assert not (tmp_path / "state").exists()  # not even a state store was created
+
+
+def test_status_with_no_state_yet_says_so_and_creates_none(runner, tmp_path):
+    typo = tmp_path / "typo" / "state.sqlite3"
+    result = runner.invoke(app, ["--state", str(typo), "status", "--json"])
+    assert (result.exit_code, result.stdout) == (3, "")
+    assert result.stderr == (
+        f"failover: no failover state at {typo} yet: nothing has run with this state "
+        "database; check the path (--state, $MAILMIRROR_STATE), or run `failover run` first\n"
+    )
+    assert not (tmp_path / "typo").exists()
+
+
+def test_status_on_a_store_only_mailmirror_used_says_there_is_no_failover_state(runner, tmp_path):
+    from mailmirror.store import open_store
+
+    shared = tmp_path / "state.sqlite3"
+    open_store(shared).close()
+    result = runner.invoke(app, ["--state", str(shared), "status"])
+    assert result.exit_code == 3 and "no failover state at" in result.stderr
+    with sqlite3.connect(shared) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert not {t for t in tables if t.startswith("failover")}
 
 
 def test_status_lists_zones_health_and_history(runner, config):

@@ -108,8 +108,8 @@ LOST = ("failover: cannot write to stdout (No space left on device): the command
 
 def test_a_full_stdout_is_one_line_and_exit_1_and_the_work_is_done(site):
     with open("/dev/full", "w") as full:
-        shown = run_failover(*site.args, "status", "--json", stdout=full.fileno())
         held = run_failover(*site.args, "hold", "backup", stdout=full.fileno())
+        shown = run_failover(*site.args, "status", "--json", stdout=full.fileno())
     assert (shown.returncode, shown.stderr) == (1, LOST)
     assert (held.returncode, held.stderr) == (1, LOST)  # 1, not 3: the hold was applied
     status = run_failover(*site.args, "status")
