@@ -18,12 +18,26 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from mailmirror.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, MailmirrorError, printable
+from mailmirror.errors import (
+    EXIT_FATAL,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    LockedError,
+    MailmirrorError,
+    ReplicaError,
+    SafetyStop,
+    UsageError,
+    printable,
+)
 
 if TYPE_CHECKING:
     from mailmirror.jobs import Job, Settings
+    from mailmirror.sync.engine import SyncReport
     from mailmirror.sync.guard import Safety
     from mailmirror.transport.options import SshOptions
+
+MAX_WATCH_PAUSE = 86400  # seconds: --interval and --poll, a day at most
+MAX_LOCK_WAIT = 86400  # seconds: --lock-timeout
 
 app = typer.Typer(
     help="Two-way, message-aware Maildir sync.\n\n"
@@ -65,11 +79,14 @@ RemoteOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
 
 
 def _fail(exc: BaseException, debug: bool) -> None:
-    if debug:
-        raise exc
+    code = exc.exit_code if isinstance(exc, MailmirrorError) else EXIT_FATAL
+    if debug:  # the traceback, and the exit code the message would have had
+        import traceback
+
+        traceback.print_exception(exc)
+        raise typer.Exit(code)
     message = str(exc) if isinstance(exc, MailmirrorError) else f"internal error: {exc!r}"
     print(f"mailmirror: {printable(message)}", file=sys.stderr)
-    code = exc.exit_code if isinstance(exc, MailmirrorError) else EXIT_FATAL
     raise typer.Exit(code)
 
 
@@ -127,7 +144,7 @@ def sync(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Synchronise two maildirs both ways (creates the second one if it does not exist).
+    """Synchronise two maildirs both ways (either is created if it does not exist).
 
     \b
     Examples:
@@ -162,16 +179,28 @@ def _sync(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_e
           safety: Safety, keep_connection: str | None) -> int:
     from mailmirror.jobs import Runner
     from mailmirror.report import Reporter
+    from mailmirror.sync.engine import SyncReport
 
     jobs, settings = _prepare(a, b, dry_run, prefer, full, allow_empty, layout, separator,
                               lock_timeout, state, config, ssh, remote, safety, keep_connection)
     reporter = Reporter(json_out=json_out, tty=sys.stderr.isatty())
-    reports = []
+    reports: list[SyncReport | MailmirrorError] = []
     with reporter.progress() as progress, Runner(settings, reporter.notice, progress) as runner:
         for job in jobs:
-            reports.append(runner.run(job))
+            try:
+                reports.append(runner.run(job))
+            except (ReplicaError, LockedError, SafetyStop, UsageError) as exc:
+                # one user's broken maildir must not leave the profile's other users unsynced
+                if len(jobs) == 1:
+                    raise
+                reporter.notice(f"{exc} (the profile's other pairs go on)")
+                reports.append(exc)
     reporter.finish(reports)
-    return EXIT_PARTIAL if any(r.skipped for r in reports) else EXIT_OK
+    failed = [r.exit_code for r in reports if isinstance(r, MailmirrorError)]
+    if failed:
+        return max(failed)
+    return EXIT_PARTIAL if any(r.skipped for r in reports if isinstance(r, SyncReport)) \
+        else EXIT_OK
 
 
 def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allow_empty: bool,
@@ -183,7 +212,6 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
     from dataclasses import replace
 
     from mailmirror import paths
-    from mailmirror.errors import UsageError
     from mailmirror.jobs import Job, Settings
     from mailmirror.maildir.folders import LAYOUTS
     from mailmirror.maildir.names import SEPARATORS
@@ -219,6 +247,9 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
         if remote is not None:
             raise UsageError("--remote picks one of a profile's remotes: give a profile name")
         jobs = [Job(a, (b,))]
+    if not 0 <= lock_timeout <= MAX_LOCK_WAIT:
+        raise UsageError(f"--lock-timeout must be 0 to {MAX_LOCK_WAIT} seconds, not "
+                         f"{lock_timeout:g}")
     if prefer not in ("a", "b"):
         raise UsageError(f"--prefer must be a or b, not {prefer!r}")
     if layout not in LAYOUTS:
@@ -232,9 +263,6 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
     state_path = (state or paths.default_state_path()).expanduser().absolute()
     return jobs, Settings(state_path, options, ssh, layout, separator, lock_timeout, timeout,
                           remote, KEEP_AUTO if keep is None else keep)
-
-
-MAX_WATCH_PAUSE = 86400  # seconds: --interval and --poll, a day at most
 
 
 @app.command()
@@ -282,7 +310,6 @@ def watch(
     Exit codes: 0 stopped by a signal, 2 usage/config error, 3 fatal (state store).
     """
     try:
-        from mailmirror.errors import UsageError
         from mailmirror.transport.options import SshOptions
 
         for name, seconds in (("--interval", interval), ("--poll", poll)):

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from mailmirror.errors import printable
+from mailmirror.errors import MailmirrorError, printable
 from mailmirror.sync.engine import ProgressFn, SyncReport
 from mailmirror.sync.model import Side
 
@@ -42,11 +42,17 @@ class Reporter:
 
             yield update
 
-    def finish(self, reports: list[SyncReport]) -> None:
-        """One JSON object (a "runs" list when a profile synced several pairs), or text."""
+    def finish(self, reports: Sequence[SyncReport | MailmirrorError]) -> None:
+        """One JSON object (a "runs" list when a profile synced several pairs, where a pair
+        that failed is {"outcome": "failed", "error": ..., "exit": ...}), or text (a failed
+        pair's line was said when it failed)."""
         if self.json_out:
             outs = []
             for report in reports:
+                if isinstance(report, MailmirrorError):
+                    outs.append({"outcome": "failed", "error": str(report),
+                                 "exit": report.exit_code})
+                    continue
                 out = report.to_json()
                 if report.dry_run and report.plan is not None:
                     out["plan"] = [_action_json(a) for a in report.plan.actions]
@@ -54,7 +60,8 @@ class Reporter:
             print(json.dumps(outs[0] if len(outs) == 1 else {"runs": outs}))
             return
         for report in reports:
-            self._finish_text(report)
+            if isinstance(report, SyncReport):
+                self._finish_text(report)
 
     def _finish_text(self, report: SyncReport) -> None:
         if report.dry_run and report.plan is not None:

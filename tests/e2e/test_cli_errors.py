@@ -217,3 +217,36 @@ def test_ssh_files_that_cannot_be_used_are_named(cli: Cli, scratch: Path, user: 
                       str(scratch / "s.db"), option, path)
         line = run.assert_clean_error(3)
         assert line.startswith("mailmirror: 127.0.0.1: ") and says in line, line
+
+
+def test_one_users_broken_maildir_leaves_the_others_synced(cli: Cli, scratch: Path,
+                                                           user: User) -> None:
+    """A profile over every user of a server: bob's maildir is a file. alice and carol are
+    synced all the same; bob's pair is one line and a failed run in the JSON; exit 3."""
+    for name in ("alice", "carol"):
+        maildir(scratch / "u" / name, user, {"cur/1.M1P1.h:2,S": MSG})
+    (scratch / "u" / "bob").write_bytes(b"not a maildir\n")
+    (scratch / "v").mkdir()
+    cli.user.own(scratch / "u", scratch / "v")
+    config = scratch / "c.toml"
+    config.write_text(f'[profile.all]\na = "{scratch}/u/{{user}}"\nb = "{scratch}/v/{{user}}"\n'
+                      'users = ["alice", "bob", "carol"]\n')
+    run = cli.run("sync", "all", "--config", str(config), "--state", str(scratch / "s.db"),
+                  "--json")
+    assert run.rc == 3 and "Traceback" not in run.stderr, (run.rc, run.stderr)
+    assert run.stderr.count("\n") == 1 and "bob" in run.stderr, run.stderr
+    outcomes = [r["outcome"] for r in run.json["runs"]]
+    assert outcomes == ["ok", "failed", "ok"], run.json
+    assert sorted(os.listdir(scratch / "v")) == ["alice", "carol"]
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(cli: Cli, scratch: Path,
+                                                          user: User) -> None:
+    a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG})
+    for extra, code in ((["--lock-timeout", "nan"], 2), (["--lock-timeout", "-1"], 2),
+                        (["--debug"], 3)):
+        target = scratch / "nowhere" / "B" if code == 3 else scratch / "B"
+        run = cli.run("sync", str(a), str(target), "--state", str(scratch / "s.db"), *extra)
+        assert run.rc == code, (extra, run.rc, run.stderr)
+        assert ("Traceback" in run.stderr) is ("--debug" in extra), run.stderr
+    assert not (scratch / "B").exists()
