@@ -141,7 +141,10 @@ class Runner:
             # before anything reads an id: reading creates a missing one
             guard.check_identity(state, {Side.A: pair.a, Side.B: pair.b},
                                  options.accept_new_replica)
-            with pair_lock(s.state_path, pair.a.id, pair.b.id, s.lock_timeout):
+            # a dry run changes nothing: it needs no lock (nor a lock file)
+            locked = (contextlib.nullcontext() if options.dry_run
+                      else pair_lock(s.state_path, pair.a.id, pair.b.id, s.lock_timeout))
+            with locked:
                 for line in state.moved_labels(pair.a, pair.b):
                     self.notice(line)
                 self._note_often(pair, state)

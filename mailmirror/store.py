@@ -112,24 +112,30 @@ def _check_now_and_then(conn: sqlite3.Connection, created: bool, readonly: bool
     return None if readonly else now
 
 
-def open_store(path: Path, readonly: bool = False) -> Store:
-    """Open (creating if absent) the state database at `path`.
+def open_store(path: Path, readonly: bool = False, create: bool = True) -> Store:
+    """Open (creating if absent, unless `create` is False) the state database at `path`.
 
-    `readonly` (dry runs) records nothing of its own, not even the time of the last check.
+    `readonly` (dry runs) records nothing of its own, not even the time of the last check;
+    where there is no database yet, it works on an empty one in memory and creates nothing.
 
     Raises StoreError with a one-line fix when the file is not a usable SQLite database,
-    is unwritable, or its parent cannot be created.
+    is unwritable, its parent cannot be created, or (`create` False) it does not exist.
     """
     path = Path(path).expanduser()
     created = not path.exists()
+    if created and not create:
+        raise StoreError(f"no state database at {path} yet: nothing has been synced with it "
+                         "(check --state)")
+    if not (created and readonly):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the state directory {path.parent}: "
+                             f"{exc.strerror}; use --state PATH") from exc
+    target = ":memory:" if created and readonly else path
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(
-            f"cannot create the state directory {path.parent}: {exc.strerror}; use --state PATH"
-        ) from exc
-    try:
-        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(target, timeout=30, isolation_level=None,
+                               check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")

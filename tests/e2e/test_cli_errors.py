@@ -250,3 +250,16 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_code(cli: Cli, scratch: Pa
         assert run.rc == code, (extra, run.rc, run.stderr)
         assert ("Traceback" in run.stderr) is ("--debug" in extra), run.stderr
     assert not (scratch / "B").exists()
+
+
+def test_read_only_commands_create_no_state(cli: Cli, scratch: Path, user: User) -> None:
+    """A dry run "changes nothing": not even a state directory, database or lock file; and
+    status on a mistyped --state says there is none instead of making one."""
+    a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG})
+    b = maildir(scratch / "B", user)
+    state = scratch / "new" / "s.db"
+    dry = cli.run("sync", str(a), str(b), "--state", str(state), "--dry-run", "--json")
+    assert dry.rc == 0 and dry.json["counts"] == {"copy a->b": 1}, (dry.rc, dry.stderr)
+    line = cli.run("status", "--state", str(state)).assert_clean_error(3)
+    assert f"no state database at {state} yet" in line, line
+    assert not (scratch / "new").exists()
