@@ -49,6 +49,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _version(asked: bool) -> None:
+    if asked:
+        from mailmirror import __version__
+
+        print(f"mailmirror {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _group(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the version (both sides of a remote sync need the same one).")] = False
+           ) -> None:
+    """Two-way, message-aware Maildir sync."""
+
 StateOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045 (typer needs Optional)
     "--state", help="State database (default: $MAILMIRROR_STATE or the XDG state dir).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
@@ -213,8 +229,6 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
 
     from mailmirror import paths
     from mailmirror.jobs import Job, Settings
-    from mailmirror.maildir.folders import LAYOUTS
-    from mailmirror.maildir.names import SEPARATORS
     from mailmirror.sync.engine import SyncOptions
     from mailmirror.sync.guard import Safety
     from mailmirror.sync.model import Side
@@ -252,10 +266,7 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
                          f"{lock_timeout:g}")
     if prefer not in ("a", "b"):
         raise UsageError(f"--prefer must be a or b, not {prefer!r}")
-    if layout not in LAYOUTS:
-        raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
-    if separator not in SEPARATORS:
-        raise UsageError(f"--separator must be one of {' '.join(SEPARATORS)}")
+    _check_naming(layout, separator)
     options = SyncOptions(prefer=Side(prefer), dry_run=dry_run, full=full,
                           allow_empty=allow_empty, **safety_options)  # type: ignore[arg-type]
     # expanded once: the store and the pair lock beside it must be found at one place ('~'
@@ -263,6 +274,16 @@ def _prepare(a: str, b: str | None, dry_run: bool, prefer: str, full: bool, allo
     state_path = (state or paths.default_state_path()).expanduser().absolute()
     return jobs, Settings(state_path, options, ssh, layout, separator, lock_timeout, timeout,
                           remote, KEEP_AUTO if keep is None else keep)
+
+
+def _check_naming(layout: str, separator: str) -> None:
+    from mailmirror.maildir.folders import LAYOUTS
+    from mailmirror.maildir.names import SEPARATORS
+
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    if separator not in SEPARATORS:
+        raise UsageError(f"--separator must be one of {' '.join(SEPARATORS)}")
 
 
 @app.command()
@@ -455,10 +476,9 @@ def quarantine_list(maildir: MaildirArg, layout: LayoutOpt = "maildir++",
     Example: mailmirror quarantine list ~/Maildir --json
     """
     from mailmirror.maildir import quarantine
-    from mailmirror.replica.local import check_local
 
     try:
-        root = check_local(maildir, layout)
+        root = _quarantined(maildir, layout, separator)
         items = [quarantine.describe(i, separator) for i in quarantine.entries(root, layout)]
     except (MailmirrorError, OSError) as exc:
         _fail(_user_error(exc), debug)
@@ -483,14 +503,23 @@ def quarantine_restore(maildir: MaildirArg,
     Exit codes: 0 restored, 2 a key is unknown or still in the maildir (nothing restored).
     """
     from mailmirror.maildir import quarantine
-    from mailmirror.replica.local import check_local
 
     try:
-        root = check_local(maildir, layout)
+        root = _quarantined(maildir, layout, separator)
         for folder, relname in quarantine.restore_keys(root, layout, separator, keys):
             print(f"restored {folder}/{relname}")
     except (MailmirrorError, OSError) as exc:
         _fail(_user_error(exc), debug)
+
+
+def _quarantined(maildir: Path, layout: str, separator: str) -> Path:
+    """The root of an existing maildir, for the quarantine commands (which never create one)."""
+    from mailmirror.replica.local import check_local
+
+    _check_naming(layout, separator)
+    if not maildir.expanduser().is_dir():
+        raise UsageError(f"{maildir} is not a maildir here: give the path a sync keeps")
+    return check_local(maildir, layout)
 
 
 def main() -> None:

@@ -99,6 +99,13 @@ def test_quarantine_list_and_restore(cli: Cli, scratch: Path, user: User) -> Non
     text = cli.run("quarantine", "list", str(b))
     assert "1700000001.M1P1.a" in text.stdout and "note a1" in text.stdout
     assert cli.run("quarantine", "restore", str(b), "nope").assert_clean_error(2)
+    for wrong, says in ((["--separator", "x"], "--separator must be one of"),
+                        (["--layout", "nonsense"], "--layout must be one of")):
+        for command in (["list", str(b)], ["restore", str(b), item["key"]]):
+            line = cli.run("quarantine", *command, *wrong).assert_clean_error(2)
+            assert says in line, line
+    line = cli.run("quarantine", "list", str(scratch / "typo")).assert_clean_error(2)
+    assert "typo is not a maildir here" in line, line
 
     restored = cli.run("quarantine", "restore", str(b), item["key"])
 
