@@ -65,10 +65,14 @@ def _group(version: Annotated[bool, typer.Option(
            ) -> None:
     """Two-way, message-aware Maildir sync."""
 
+# Path options are readable=False: what is wrong with a file is said by the code that opens
+# it, in the one-line form of every other error
 StateOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045 (typer needs Optional)
-    "--state", help="State database (default: $MAILMIRROR_STATE or the XDG state dir).")]
+    "--state", readable=False,
+    help="State database (default: $MAILMIRROR_STATE or the XDG state dir).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
-    "--config", help="Config file (default: $MAILMIRROR_CONFIG or the XDG config dir).")]
+    "--config", readable=False,
+    help="Config file (default: $MAILMIRROR_CONFIG or the XDG config dir).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
 
@@ -82,11 +86,11 @@ AllowEmptyOpt = Annotated[bool, typer.Option(
 LayoutOpt = Annotated[str, typer.Option(help="Folder layout: maildir++ or fs.")]
 SeparatorOpt = Annotated[str, typer.Option(help="Info separator in file names: ':' ';' '!'.")]
 SshConfigOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
-    help="ssh_config file (default ~/.ssh/config).")]
+    readable=False, help="ssh_config file (default ~/.ssh/config).")]
 IdentityOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
-    help="Private key for SSH (default: ssh-agent and ~/.ssh/id_*).")]
+    readable=False, help="Private key for SSH (default: ssh-agent and ~/.ssh/id_*).")]
 KnownHostsOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
-    help="known_hosts file (default ~/.ssh/known_hosts).")]
+    readable=False, help="known_hosts file (default ~/.ssh/known_hosts).")]
 RemoteCommandOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
     help="How to start the agent on the remote; the maildir path is appended, quoted "
     "(default: the profile's remote_command, else 'mailmirror agent').")]
@@ -112,6 +116,9 @@ def _user_error(exc: BaseException) -> BaseException:
         from mailmirror.store import store_error
 
         return store_error(exc)
+    if isinstance(exc, PermissionError) and exc.filename:
+        return MailmirrorError(f"{exc.filename}: permission denied: run as the user that owns "
+                               "it (see docs/servers.md), or fix its permissions")
     if isinstance(exc, OSError):
         return MailmirrorError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
     return exc

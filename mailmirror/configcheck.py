@@ -42,7 +42,9 @@ def check_file(path: Path) -> list[Problem]:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found: write one with "
                           "`mailmirror init --role ROLE` or pass --config FILE") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     return check_text(text)
 

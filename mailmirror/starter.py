@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mailmirror.errors import UsageError
+from mailmirror.errors import MailmirrorError, UsageError
 
 _HEAD = """\
 # mailmirror config for the {title} (written by `mailmirror init --role {role}`).
@@ -88,10 +88,17 @@ def write_starter(role: str, path: Path, force: bool) -> None:
     """
     if role not in STARTERS:
         raise UsageError(f"--role must be one of {', '.join(STARTERS)}, not {role!r}")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory: give --output the config file's name")
     if path.exists() and not force:
         raise UsageError(f"{path} already exists: edit it, choose another file with "
                          "--output FILE, or replace it with --force")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.init-tmp")
-    tmp.write_text(STARTERS[role], encoding="utf-8")
-    os.replace(tmp, path)
+    target = Path(os.path.realpath(path))  # a symbolic link (dotfiles) keeps pointing at it
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.init-tmp")
+    try:
+        tmp.write_text(STARTERS[role], encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise MailmirrorError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -122,6 +122,9 @@ def open_store(path: Path, readonly: bool = False, create: bool = True) -> Store
     is unwritable, its parent cannot be created, or (`create` False) it does not exist.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise StoreError(f"state database {path} is a directory: --state names the database "
+                         f"file, e.g. {path / 'state.sqlite3'}")
     created = not path.exists()
     if created and not create:
         raise StoreError(f"no state database at {path} yet: nothing has been synced with it "
@@ -129,6 +132,9 @@ def open_store(path: Path, readonly: bool = False, create: bool = True) -> Store
     if not (created and readonly):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file where the directory would be
+            raise StoreError(f"cannot create the state directory {path.parent}: a file is in "
+                             "the way; use --state PATH") from None
         except OSError as exc:
             raise StoreError(f"cannot create the state directory {path.parent}: "
                              f"{exc.strerror}; use --state PATH") from exc

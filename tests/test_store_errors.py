@@ -38,3 +38,19 @@ def test_a_damaged_store_is_moved_aside(tmp_path: Path) -> None:
     except sqlite3.Error as exc:
         line = str(store_error(exc, path))
     assert "is damaged" in line and "move it aside" in line, line
+
+
+def test_a_state_path_that_is_a_directory_or_under_a_file_says_so(tmp_path: Path) -> None:
+    import pytest
+
+    from mailmirror.errors import StoreError
+
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StoreError, match="is a directory: --state names the database file"):
+        open_store(tmp_path / "dir")
+    with pytest.raises(StoreError, match="afile: a file is in the way; use --state PATH"):
+        open_store(tmp_path / "afile" / "x.db")
+    with pytest.raises(StoreError, match="no state database at .* yet"):
+        open_store(tmp_path / "new" / "s.db", create=False)
+    assert not (tmp_path / "new").exists()

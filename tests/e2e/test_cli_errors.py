@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import Cli, User
 from tests.e2e.conftest import tree_listing as _tree_listing
 
@@ -263,3 +265,34 @@ def test_read_only_commands_create_no_state(cli: Cli, scratch: Path, user: User)
     line = cli.run("status", "--state", str(state)).assert_clean_error(3)
     assert f"no state database at {state} yet" in line, line
     assert not (scratch / "new").exists()
+
+
+def test_init_writes_through_a_link_and_names_what_it_cannot_write(cli: Cli, scratch: Path,
+                                                                   user: User) -> None:
+    real, link = scratch / "real.toml", scratch / "link.toml"
+    real.write_text("# mine\n")
+    link.symlink_to(real)
+    (scratch / "adir").mkdir()
+    cli.user.own(scratch)
+    assert cli.run("init", "--role", "desktop", "--output", str(link), "--force").rc == 0
+    assert link.is_symlink() and "[profile." in real.read_text()
+    line = cli.run("init", "--role", "desktop", "--output", str(scratch / "adir"),
+                   "--force").assert_clean_error(2)
+    assert "adir is a directory" in line, line
+    assert sorted(p.name for p in scratch.iterdir() if p.name.startswith(".")) == []
+
+
+def test_unreadable_files_are_one_line_naming_them(cli: Cli, scratch: Path, user: User) -> None:
+    """Not click's usage error for --config, nor a bare 'Permission denied'."""
+    if os.geteuid() != 0:
+        pytest.skip("the files below are closed to the test user only when root made them")
+    config = scratch / "c.toml"
+    config.write_text('[profile.p]\na = "x"\nb = "y"\n')
+    config.chmod(0o600)
+    line = cli.run("config", "check", "--config", str(config)).assert_clean_error(2)
+    assert line == f"mailmirror: cannot read config file {config}: Permission denied", line
+    closed = scratch / "closed"
+    closed.mkdir(mode=0o700)
+    a = maildir(scratch / "A", user, {"cur/1.M1P1.h:2,S": MSG})
+    line = sync(cli, a, closed / "B").assert_clean_error(3)
+    assert f"{closed}/B: permission denied: run as the user that owns it" in line, line
