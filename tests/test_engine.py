@@ -689,3 +689,24 @@ def test_copies_of_names_without_a_size_are_batched_by_their_real_size(tmp_path)
     report = sync(a, source, SyncState(open_store(tmp_path / "s.db")), SyncOptions())
     assert report.counts == {"copy b->a": 6}
     assert source.batches and max(source.batches) <= 2, source.batches  # 2 MiB a batch
+
+
+def test_progress_covers_the_listing_then_the_copies(tmp_path: Path) -> None:
+    """A first sync of a large maildir lists for seconds before anything is copied: the
+    bar moves from the first folder on, not only once copying starts."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in ("INBOX", "Sent", "Archive"):
+        root = a if folder == "INBOX" else folder_dir(a, folder)
+        if folder != "INBOX":
+            create_folder(a, folder)
+        for sub in ("cur", "new", "tmp"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        for n in range(3):
+            (root / "cur" / f"{1700000000 + n}.M{n}P1.{folder}:2,S").write_bytes(b"x\n")
+    calls: list[tuple[str, int, int]] = []
+    state = SyncState(open_store(tmp_path / "s.db"))
+    sync(open_local(a), open_local(b), state,
+         SyncOptions(progress=lambda *call: calls.append(call)))
+    listing = [c for c in calls if c[0] == "list"]
+    assert listing[0] == ("list", 0, 3) and listing[-1] == ("list", 3, 3), calls
+    assert calls.index(listing[-1]) < calls.index(("sync", 9, 9)), calls

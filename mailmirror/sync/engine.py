@@ -129,7 +129,8 @@ def sync(a: Replica, b: Replica, state: SyncState, options: SyncOptions) -> Sync
         report.notices.append("first sync of these two replicas: merging both sides, "
                               "nothing is deleted")
     codec = FlagCodec(replicas)
-    found = scan(replicas, state, pair.pair_id, low, codec, options.full, options.margin_ns)
+    found = scan(replicas, state, pair.pair_id, low, codec, options.full, options.margin_ns,
+                 options.progress)
     guard.check_scan(replicas, found, state, pair.created, options.allow_empty,
                      options.accept_new_replica)
     report.waiting = len(found.moving)

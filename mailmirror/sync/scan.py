@@ -135,8 +135,12 @@ def scan(
     codec: FlagCodec,
     full: bool = False,
     margin_ns: int = 2_000_000_000,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Scan:
-    """List what changed on both sides since the base; see the module docstring."""
+    """List what changed on both sides since the base; see the module docstring.
+
+    `progress("list", folders done, folders to list)`: a first sync of a large maildir
+    spends seconds here, before there is anything to copy."""
     idx = {low: 0, low.other: 1}
     clock = {s: r.clock_ns() for s, r in replicas.items()}
     stamps = {s: r.stamps() for s, r in replicas.items()}
@@ -182,7 +186,9 @@ def scan(
                 for s in Side}
     # on an error, the thread is done with the store before we go on
     with closing(known), closing(listings[Side.A]), closing(listings[Side.B]):
-        for folder, by_side in zip(folders, known, strict=True):
+        for done, (folder, by_side) in enumerate(zip(folders, known, strict=True)):
+            if progress is not None:
+                progress("list", done, len(folders))
             for s in [side for side in Side if folder in dirty[side]]:
                 known_names = by_side[idx[s]]
                 listed = _next_listing(listings[s], folder) if folder in stamps[s] else []
@@ -214,6 +220,8 @@ def scan(
                         continue
                     current[key] = value
                     candidates.add(key)
+    if progress is not None and folders:
+        progress("list", len(folders), len(folders))
     for s in Side:
         # renamed away while it was listed (IMAP RENAME) and back, a folder keeps its mtimes
         # and lists nothing: a folder that listed nothing is never recorded as matching the
