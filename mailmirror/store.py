@@ -9,6 +9,7 @@ when the file did not exist.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ CREATE TABLE IF NOT EXISTS schema (
 """
 _META = "CREATE TABLE IF NOT EXISTS store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
 CHECK_EVERY_SECONDS = 86400  # a full integrity check reads the whole file: once a day
+FULL_BYTES = 1 << 20  # free space under which an I/O error on the store is the disk being full
 
 
 class Store:
@@ -153,6 +155,17 @@ def open_store(path: Path, readonly: bool = False, create: bool = True) -> Store
     return Store(path, conn, created, checked_at)
 
 
+def _full(path: Path | None) -> bool:
+    """Whether the file system of the database has no room left for this user."""
+    if path is None:
+        return False
+    try:
+        info = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < FULL_BYTES
+
+
 def store_error(exc: sqlite3.Error, path: Path | None = None) -> StoreError:
     """The one line for an SQLite error on the state database.
 
@@ -162,7 +175,8 @@ def store_error(exc: sqlite3.Error, path: Path | None = None) -> StoreError:
     """
     name = getattr(exc, "sqlite_errorname", None) or ""
     where = f"state database {path}" if path else "state database"
-    if name == "SQLITE_FULL":
+    if name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR") and _full(path):
+        # a full disk also shows as an I/O error: the WAL's -shm file cannot grow
         return StoreError(f"{where}: the disk is full ({exc}): free some space and run "
                           "again; the database itself is fine")
     if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")):

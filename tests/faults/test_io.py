@@ -7,6 +7,7 @@ it, the rest of the run proceeds, and the next run without the fault converges.
 from __future__ import annotations
 
 import errno
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -172,3 +173,21 @@ def test_failed_directory_fsync_is_reported_and_never_duplicates(tmp_path: Path)
     again = sync(open_local(a), open_local(b), state, SyncOptions())
     assert not again.skipped and not again.counts, again.counts  # published: merged, no copy
     assert _tree(a) == _tree(b) and len(view(b)) == 6
+
+
+def test_a_full_disk_under_the_state_store_is_called_full(tmp_path: Path,
+                                                           small_disk: Path) -> None:
+    """SQLite reports it as an I/O error (the WAL's -shm file cannot be sized): the line
+    must still say the disk is full and the database is fine, not 'check the disk'."""
+    a, b = maildir(tmp_path / "a"), maildir(tmp_path / "b")
+    deliver(a, "1700000000.M1P1.one", "INBOX", "cur", "S")
+    cli = make_cli(tmp_path)
+    state = str(small_disk / "state.db")
+    assert cli.run("sync", str(a), str(b), "--state", state).rc == 0
+    with open(small_disk / "fill", "wb") as fill:
+        with contextlib.suppress(OSError):
+            while True:
+                fill.write(b"\0" * 65536)
+    deliver(a, "1800000000.M2P1.two", "INBOX", "new")
+    line = cli.run("sync", str(a), str(b), "--state", state).assert_clean_error(3)
+    assert "the disk is full" in line and "the database itself is fine" in line, line
