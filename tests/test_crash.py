@@ -144,3 +144,25 @@ def test_a_failure_in_one_slice_does_not_spoil_the_next(tmp_path, monkeypatch):
     pair_id = state.conn.execute("SELECT pair_id FROM sync_pair").fetchone()[0]
     recorded = {key for key, _ in state.base_for(pair_id, [f"1.M{n}P1.x" for n in range(4)])}
     assert recorded == {"1.M1P1.x", "1.M2P1.x", "1.M3P1.x"}
+
+
+def test_a_killed_runs_temp_file_does_not_keep_a_deleted_folder(tmp_path):
+    """Found by the chaos review: a run killed between writing a copy into .Work/tmp and
+    publishing it left the temp file; once .Work was deleted on the other side, no later
+    run could remove it here (tmp/ was not empty). Our own stale temp files go; another
+    program's, or a live run's, stay, and so does the folder."""
+    b = tmp_path / "b"
+    create_folder(b, "INBOX")
+    create_folder(b, "Work")
+    replica = open_local(b)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ours = f"1700000000.M1P{dead.pid}.{replica._host}.mmtmp"
+    live = f"1700000000.M2P{os.getpid()}.{replica._host}.mmtmp"
+    (b / ".Work" / "tmp" / live).write_bytes(b"x")
+    (b / ".Work" / "tmp" / ours).write_bytes(b"x")
+    assert not replica.remove_folder("Work")  # a live run's file stays, and the folder
+    assert sorted(os.listdir(b / ".Work" / "tmp")) == [live]
+    (b / ".Work" / "tmp" / live).unlink()
+    (b / ".Work" / "tmp" / ours).write_bytes(b"x")
+    assert replica.remove_folder("Work") and not (b / ".Work").exists()

@@ -204,6 +204,8 @@ class LocalReplica:
         if _link_in(self.root, path) is not None:
             return False  # what it leads to is outside the maildir, or may be
         try:
+            # a run killed between writing a copy and publishing it left its temp file here
+            _remove_stale_tmp(str(path / "tmp"), self._host)
             if any(os.listdir(path / sub) for sub in ("cur", "new", "tmp")):
                 return False
             for sub in ("cur", "new", "tmp"):
