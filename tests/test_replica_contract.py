@@ -401,6 +401,23 @@ class TestReplicaContract:
         assert kept.read_bytes() == b"keep me"
         assert sorted(replica.stamps()) == ["INBOX", "Lists/Deb"]  # not a folder
 
+    def test_the_same_message_deleted_twice_in_a_day_is_kept_once(self, opener: Opener,
+                                                                   root: Path) -> None:
+        """A pair whose base was behind copied a quarantined message back, and it is
+        deleted again the same day: the quarantine holds it already (before, this failed
+        on every run until midnight). Another message of that name is never thrown away."""
+        replica = opener(root)
+        body = b"x" * 70_000  # longer than one read of a small file
+        for attempt in range(2):
+            put(root, f"cur/{MSG}:2,S", body)
+            assert replica.delete([Ref("INBOX", f"cur/{MSG}:2,S")]) == [OK], attempt
+        assert not (root / "cur" / f"{MSG}:2,S").exists()
+        put(root, f"cur/{MSG}:2,S", body[:-1] + b"y")
+        (failed,) = replica.delete([Ref("INBOX", f"cur/{MSG}:2,S")])
+        assert failed.outcome == Outcome.FAILED and (root / "cur" / f"{MSG}:2,S").exists()
+        (kept,) = [p for p in quarantine_dir(root).rglob("*") if p.is_file()]
+        assert kept.read_bytes() == body
+
     def test_prune_removes_only_days_past_the_retention(self, opener: Opener,
                                                         root: Path) -> None:
         replica = opener(root)

@@ -14,6 +14,7 @@ layout (pure helpers) and the local operations on it; SFTP replicas reuse the he
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import time
@@ -111,14 +112,21 @@ def quarantine(root: Path, layout: str, source: str, folder: str, relname: str,
     """Move the message file at `source` (folder/relname) into the quarantine; no clobbering.
 
     Returns the directory that got the name (for the caller's directory fsync). Raises
-    FileNotFoundError when the source is gone and FileExistsError when a message of that
-    name was already quarantined today.
+    FileNotFoundError when the source is gone and FileExistsError when another message of
+    that name was already quarantined today. The same message quarantined twice in a day (a
+    pair whose base was behind copied it back, and it was deleted again) is there already:
+    the source is removed.
     """
     target = entry_path(quarantine_dir(root, layout), day_name(now), folder, relname)
     if not os.path.lexists(source):
         raise FileNotFoundError(source)
     os.makedirs(target.parent, mode=0o700, exist_ok=True)
-    rename_noreplace(source, str(target))
+    try:
+        rename_noreplace(source, str(target))
+    except FileExistsError:
+        if not filecmp.cmp(source, target, shallow=False):
+            raise
+        os.unlink(source)
     return str(target.parent)
 
 
