@@ -821,4 +821,7 @@ def _ref_text(ref: Ref) -> str:
 
 def _describe(exc: Exception, ref: Ref) -> str:
     reason = exc.reason if isinstance(exc, asyncssh.SFTPError) else str(exc)
+    if isinstance(exc, asyncssh.SFTPFailure):
+        # OpenSSH's sftp-server answers a full disk (and most else) with a bare "Failure"
+        reason += " (the server says no more: a full disk or a quota there, most often)"
     return f"{_ref_text(ref)}: {reason}"

@@ -148,3 +148,33 @@ def test_a_symlinked_cur_on_the_sftp_side_stops_the_run(
         sync(open_local(a), open_sftp(sftp, loop.loop, str(b)), state, SyncOptions())
     assert snapshot(a) == before
     assert os.listdir(outside / "cur") == ["1600000000.M1P1.secret:2,S"]
+
+
+def test_a_full_disk_behind_sftp_says_what_failure_likely_means(
+        link: tuple[LoopThread, asyncssh.SFTPClient], tmp_path: Path) -> None:
+    """sftp-server answers ENOSPC with a bare "Failure": each skipped copy says what that
+    most often is; nothing partial is published, and the next run, with room, copies the
+    rest."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    loop, sftp = link
+    a, small = tmp_path / "local", tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        create_folder(a, "INBOX")
+        for i in range(30):  # 1.8 MB for a 1 MiB disk
+            (a / "cur" / f"17000{i:05d}.M{i}P7.big:2,S").write_bytes(b"x" * 60_000)
+        b = small / "b"
+        state = SyncState(open_store(tmp_path / "state.db"))
+        report = sync(open_local(a), open_sftp(sftp, loop.loop, str(b)), state, SyncOptions())
+        assert report.skipped and all("a full disk or a quota there" in line
+                                      for line in report.skipped), report.skipped[:3]
+        published = snapshot(b)
+        assert all(v[3] == b"x" * 60_000 for v in published.values())
+        subprocess.run(["mount", "-o", "remount,size=8m", str(small)], check=True)
+        converge(a, b, open_sftp(sftp, loop.loop, str(b)), state)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=True)
