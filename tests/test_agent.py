@@ -359,3 +359,41 @@ def test_a_read_reply_stops_at_its_budget_and_the_rest_come_next_run(tmp_path, m
     assert [m[0] for m in reply.header["result"]] == [8, 8, "failed", "failed"]
     assert "retried next run" in reply.header["result"][2][1]
     assert reply.data == b"8 bytes\n" * 2
+
+
+class _StallingChannel:
+    """Answers hello, then every read stalls (as a channel to a SIGSTOPped agent does)."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.pending = io.BytesIO(encode_frame(
+            {"id": 1, "ok": True, "result": {"version": VERSION, "label": "/m"}}))
+        self.greeted = False
+        self.closed = False
+
+    def send(self, pieces: list[bytes]) -> None:
+        self.sent.append(b"".join(pieces))
+
+    def read_exactly(self, n: int) -> bytes:
+        if not self.greeted:
+            return self.pending.read(n)
+        raise ReplicaError("far: no answer for 300 s: the connection stalled (check the network)")
+
+    def answered(self) -> None:
+        self.greeted = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_after_a_stall_close_says_no_bye() -> None:
+    """Found by the chaos review: an agent that stopped answering held the run for the I/O
+    timeout, then for another one while close() waited for the answer to its bye."""
+    channel = _StallingChannel()
+    remote = AgentReplica(channel, "far:/m")
+    with pytest.raises(ReplicaError, match="stalled"):
+        remote.stamps()
+    sent = len(channel.sent)
+    remote.close()
+    assert len(channel.sent) == sent and channel.closed
+

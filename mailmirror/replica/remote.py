@@ -86,6 +86,7 @@ class AgentReplica:
         self._ids = itertools.count(1)
         self._sent: dict[int, str] = {}  # request id -> op, while its reply is not claimed
         self._early: dict[int, Frame] = {}
+        self._broken = False  # the stream failed once: see _guard
         try:
             hello = self._call("hello", version=VERSION, layout=layout, sep=sep,
                                readonly=readonly)
@@ -166,19 +167,28 @@ class AgentReplica:
 
     def _guard(self, io: Callable[[], T]) -> T | None:
         """Run one send or receive, turning a broken stream into a ReplicaError (None: the
-        stream was closed under a send, which the receive then reports)."""
+        stream was closed under a send, which the receive then reports). After a failure
+        the stream is not trusted again: close() says no bye (an agent that stopped
+        answering would hold the run for another I/O timeout)."""
         try:
             return io()
         except TruncatedFrame:
+            self._broken = True
             raise ReplicaError(f"{self.label}: connection lost in the middle of a reply; "
                                "nothing half-written was published: run the sync again") from None
         except ProtocolError as exc:
+            self._broken = True
             raise ReplicaError(f"{self.label}: the agent sent an invalid reply ({exc}): "
                                "is `mailmirror agent` the same version there?") from None
         except (BrokenPipeError, ConnectionResetError):
+            self._broken = True
             return None
         except OSError as exc:
+            self._broken = True
             raise ReplicaError(f"{self.label}: connection lost ({exc})") from None
+        except ReplicaError:  # the channel's own: a timeout, a lost connection
+            self._broken = True
+            raise
 
     def _call(self, op: str, **fields: object) -> object:
         return self._exchange(op, **fields)[0]
@@ -431,7 +441,7 @@ class AgentReplica:
                 raise self._bad("notification")
 
     def close(self) -> None:
-        if not self._watching:  # a watching agent reads nothing more: EOF is its bye
+        if not (self._watching or self._broken):  # a watching agent's bye is EOF
             try:
                 self._call("bye")
             except ReplicaError:
