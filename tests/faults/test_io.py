@@ -6,8 +6,8 @@ it, the rest of the run proceeds, and the next run without the fault converges.
 
 from __future__ import annotations
 
-import errno
 import contextlib
+import errno
 import os
 import subprocess
 from collections.abc import Iterator
