@@ -710,3 +710,34 @@ def test_progress_covers_the_listing_then_the_copies(tmp_path: Path) -> None:
     listing = [c for c in calls if c[0] == "list"]
     assert listing[0] == ("list", 0, 3) and listing[-1] == ("list", 3, 3), calls
     assert calls.index(listing[-1]) < calls.index(("sync", 9, 9)), calls
+
+
+def test_a_folder_renamed_while_the_run_acts_in_it_does_not_come_back(tmp_path: Path) -> None:
+    """Found by the chaos review: A's client renamed Work to Archive after the scan, before
+    the run renamed a message in Work. The run dropped A's row of Work, so the next run took
+    B's Work for a folder new on B and made it again on A: an empty Work on both sides, for
+    good."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    create_folder(a, "INBOX")
+    create_folder(a, "Work")
+    for n in (1, 2):
+        (a / ".Work" / "cur" / f"170000000{n}.M{n}P1.h:2,S").write_bytes(b"x\n")
+    state = SyncState(open_store(tmp_path / "s.db"))
+    options = SyncOptions(margin_ns=0)
+    sync(open_local(a), open_local(b), state, options)
+    os.rename(b / ".Work" / "cur" / "1700000001.M1P1.h:2,S",
+              b / ".Work" / "cur" / "1700000001.M1P1.h:2,FS")
+
+    class RenamedMeanwhile(LocalReplica):
+        def rename(self, items):  # type: ignore[no-untyped-def]
+            if (self.root / ".Work").exists():
+                os.rename(self.root / ".Work", self.root / ".Archive")
+            return super().rename(items)
+
+    sync(RenamedMeanwhile(a), open_local(b), state, options)
+    for _ in range(2):
+        sync(open_local(a), open_local(b), state, options)
+    for root in (a, b):
+        assert sorted(list_folders(root)) == ["Archive", "INBOX"], root
+        assert sorted(os.listdir(root / ".Archive" / "cur")) == [
+            "1700000001.M1P1.h:2,FS", "1700000002.M2P1.h:2,S"]

@@ -721,7 +721,16 @@ class _Executor:
             for folder in folders:
                 if (s, folder) in self.touched:
                     stamp = after[s].get(folder)
-                    rows[(folder, code)] = FolderRow(stamp, False) if stamp else None
+                    row = found.known.get((folder, code))
+                    if stamp:
+                        rows[(folder, code)] = FolderRow(stamp, False)
+                    elif row is not None and folder in found.stamps[s]:
+                        # gone while the run acted in it (a client renamed or deleted it):
+                        # the row stays, so the next run sees a deletion here, not a folder
+                        # new on the other side to create again
+                        rows[(folder, code)] = FolderRow(row.stamp, False)
+                    else:
+                        rows[(folder, code)] = None
                 elif folder in found.dirty[s]:
                     stamp = found.stamps[s].get(folder)
                     if stamp is None:
