@@ -37,8 +37,8 @@ def leave(code: object) -> NoReturn:
     thread pools), runs the atexit functions, then frees every object one by one: that last
     part cost a kept 250-change sync about 50 ms of its 0.6 s (timed by hand), and nothing
     is left for it to do, as every file is closed and the state store committed by then.
-    This does the first two, flushes the output and ends the process; when the output cannot
-    be flushed, the exit is the ordinary one.
+    This does the first two, flushes the output (what happens when it cannot be written:
+    see _Output) and ends the process.
     """
     if code is None:
         status = 0

@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
+from tests.conftest import missing
 from tests.e2e.conftest import Cli, User
 from tests.e2e.conftest import tree_listing as _tree_listing
 
@@ -285,7 +284,7 @@ def test_init_writes_through_a_link_and_names_what_it_cannot_write(cli: Cli, scr
 def test_unreadable_files_are_one_line_naming_them(cli: Cli, scratch: Path, user: User) -> None:
     """Not click's usage error for --config, nor a bare 'Permission denied'."""
     if os.geteuid() != 0:
-        pytest.skip("the files below are closed to the test user only when root made them")
+        missing("root (files only root made are closed to the test user)")
     config = scratch / "c.toml"
     config.write_text('[profile.p]\na = "x"\nb = "y"\n')
     config.chmod(0o600)

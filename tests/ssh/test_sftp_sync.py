@@ -24,6 +24,7 @@ from mailmirror.store import open_store
 from mailmirror.sync.engine import SyncOptions, sync
 from mailmirror.sync.state import SyncState
 from mailmirror.transport.loop import LoopThread
+from tests.conftest import missing
 from tests.ssh.sshrig import SshRig, sftp_client
 from tests.test_engine import backdate, snapshot
 
@@ -158,7 +159,7 @@ def test_a_full_disk_behind_sftp_says_what_failure_likely_means(
     import subprocess
 
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+        missing("root (to mount a small tmpfs)")
     loop, sftp = link
     a, small = tmp_path / "local", tmp_path / "small"
     small.mkdir()
