@@ -68,6 +68,14 @@ class Options:
     stdout: Stdout = field(default_factory=Stdout)
 
 
+def _version(asked: bool) -> None:
+    if asked:
+        from mailmirror import __version__
+
+        print(f"failover (mailmirror {__version__})")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def options(
     ctx: typer.Context,
@@ -80,6 +88,8 @@ def options(
         typer.Option(metavar="PATH", help="State database (default: $MAILMIRROR_STATE or XDG)."),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
     """Point DNS at whichever server is up: health checks, zone rewriting, NSD reload, verify.
 

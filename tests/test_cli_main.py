@@ -114,3 +114,14 @@ def test_output_that_cannot_be_written_neither_hides_nor_fakes_the_outcome(
         lost = run(["status", "--json"], stdout=full, stderr=subprocess.PIPE)
     assert lost.returncode == 3, lost.stderr
     assert lost.stderr == "mailmirror: cannot write the output: No space left on device\n"
+
+
+def test_both_programs_print_their_version() -> None:
+    """Errors ask for the same mailmirror version on both sides: it must be easy to read."""
+    from mailmirror import __version__
+
+    for program, says in (("mailmirror", f"mailmirror {__version__}\n"),
+                          ("failover", f"failover (mailmirror {__version__})\n")):
+        done = subprocess.run([sys.executable, "-m", program, "--version"],
+                              capture_output=True, text=True)
+        assert (done.returncode, done.stdout) == (0, says), done.stderr
