@@ -280,6 +280,7 @@ class _Executor:
         self.decisions: list[Decision] = []
         self.ready: list[tuple[str, BaseRow | None]] = []
         self.touched: set[tuple[Side, str]] = set()
+        self.removed: set[tuple[Side, str]] = set()  # folders this run removed itself
         self.unsettled: set[tuple[Side, str]] = set(found.unsettled)
         self.created: set[tuple[Side, str]] = set()
         self.tombs: dict[Side, list[tuple[str, Entry]]] = {Side.A: [], Side.B: []}
@@ -708,6 +709,7 @@ class _Executor:
                     continue
                 if other.remove_folder(folder):
                     self.report.counts[f"folder- {s.other.value}"] += 1
+                    self.removed.add((s.other, folder))
                 self.touched.add((s.other, folder))
 
     def _record_folders(self) -> None:
@@ -724,7 +726,8 @@ class _Executor:
                     row = found.known.get((folder, code))
                     if stamp:
                         rows[(folder, code)] = FolderRow(stamp, False)
-                    elif row is not None and folder in found.stamps[s]:
+                    elif (row is not None and folder in found.stamps[s]
+                          and (s, folder) not in self.removed):
                         # gone while the run acted in it (a client renamed or deleted it):
                         # the row stays, so the next run sees a deletion here, not a folder
                         # new on the other side to create again

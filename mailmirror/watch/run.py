@@ -38,11 +38,14 @@ def watch_forever(jobs: list[Job], settings: Settings, interval: float, poll: fl
 @contextmanager
 def _signals(live: Live, log: Callable[[str], None]) -> Iterator[None]:
     def stop(signum: int, frame: FrameType | None) -> None:
-        log(f"{signal.Signals(signum).name}: finishing the current step, then stopping")
         live.stop.set()
         live.wake()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            log(f"{signal.Signals(signum).name}: finishing the current step, then stopping")
+        except RuntimeError:  # it came in the middle of another line on stderr (reentrant)
+            pass
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
