@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from mailmirror.errors import ReplicaError
 from mailmirror.maildir.folders import create_folder
+from mailmirror.maildir.names import from_raw
 from mailmirror.replica.base import Delivery, Outcome, Ref
 from mailmirror.replica.local import open_local
 from mailmirror.replica.remote import AgentReplica, PipeChannel
@@ -115,12 +116,13 @@ def test_listings_fetched_ahead_stay_in_step_with_other_calls(tmp_path):
         expected = remote.list(folders)
         seen = {}
         for folder, names in remote.listings([(f, ("cur", "new")) for f in folders]):
-            seen[folder] = names
+            seen[folder] = list(map(from_raw, names))
             assert remote.keywords(folder) == ({"a": f"$Label{folder[1]}"}
                                                if folder != "INBOX" else {})
-            assert remote.list([folder]) == {folder: names}
+            assert remote.list([folder]) == {folder: seen[folder]}
         assert seen == expected
-        only_new = dict(remote.listings([(f, ("new",)) for f in folders]))
+        only_new = {f: list(map(from_raw, names))
+                    for f, names in remote.listings([(f, ("new",)) for f in folders])}
         assert only_new == {f: [n for n in expected[f] if n.startswith("new/")]
                             for f in folders}
         listings = remote.listings([(f, ("cur", "new")) for f in folders])

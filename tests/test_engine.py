@@ -163,13 +163,13 @@ def test_unchanged_folders_are_not_listed(tmp_path, monkeypatch):
     backdate(b)
     sync(open_local(a), open_local(b), state, SyncOptions())  # relists what it touched
     listed: list[tuple[list[str], tuple[str, ...]]] = []
-    original = type(open_local(a)).list
+    original = type(open_local(a)).names
 
-    def spy(self, folders, subdirs=("cur", "new")):
-        listed.append((list(folders), tuple(subdirs)))
-        return original(self, folders, subdirs)
+    def spy(self, folder, subdirs):
+        listed.append(([folder], tuple(subdirs)))
+        return original(self, folder, subdirs)
 
-    monkeypatch.setattr(type(open_local(a)), "list", spy)
+    monkeypatch.setattr(type(open_local(a)), "names", spy)
     report = sync(open_local(a), open_local(b), state, SyncOptions())
     assert not report.counts and listed == []
     (folder_dir(a, "Work") / "cur" / "2.M1P1.x,S=3:2,S").write_bytes(b"def")
@@ -251,7 +251,7 @@ def test_state_migrates_from_v1_keeping_the_base(tmp_path):
     store.conn.execute("INSERT INTO sync_base VALUES (1, 'k1', 'Work', 'cur', 'S', 5, "
                        "'cur/k1:2,S', 'cur/k1:2,S')")
     state = SyncState(store)
-    assert state.base_names(1, "Work", {0: None}) == {0: {"cur/k1:2,S"}}
+    assert state.base_names(1, "Work", {0: None}) == {0: {b"cur/k1:2,S"}}
     (key, row), = state.base_for(1, ["k1"])
     assert key == "k1" and row.entry == Entry("Work", CUR, frozenset("S"), 5)
 
@@ -275,9 +275,10 @@ def test_base_rows_written_in_several_statements_read_back_exactly(tmp_path, cou
     moved, gone = keys[::3], set(keys[1::3])
     state.write_base(pair_id, [(k, None) for k in gone] + [(k, row(k, "Old")) for k in moved])
     assert state.base_count(pair_id) == count - len(gone)
-    assert state.base_names(pair_id, "Old", {0: None})[0] == {f"cur/{k}:2,S" for k in moved}
+    assert state.base_names(pair_id, "Old", {0: None})[0] == {
+        f"cur/{k}:2,S".encode() for k in moved}
     assert state.base_names(pair_id, "Work", {1: "cur"})[1] == {
-        f"cur/{k}:2,S" for k in keys if k not in gone and k not in moved}
+        f"cur/{k}:2,S".encode() for k in keys if k not in gone and k not in moved}
 
 
 _SIDE_NAME = st.sampled_from(["cur/k:2,S", "new/k", "cur/k;2,S", "cur/k,U=7:2,S", "new/k,U=7"])
@@ -302,7 +303,7 @@ def test_base_names_of_both_sides_are_each_sides_own(rows, wants):
         state.write_base(pair_id, [("other", BaseRow(Entry("Else", CUR, frozenset(), 1),
                                                      ("cur/other", "new/other")))])
         got = state.base_names(pair_id, "Work", wants)
-        assert got == {side: {pair[side] for _, pair in named
+        assert got == {side: {pair[side].encode() for _, pair in named
                               if only is None or pair[side].startswith(f"{only}/")}
                        for side, only in wants.items()}
 
@@ -363,7 +364,7 @@ def test_a_message_seen_under_two_names_by_a_racing_listing_keeps_one_key(tmp_pa
 
     def stale_new(folders):
         for folder, names in listings(folders):
-            yield folder, names + ["new/1.M1P1.x"] if folder == "INBOX" else names
+            yield folder, names + [b"new/1.M1P1.x"] if folder == "INBOX" else names
 
     racing.listings = stale_new
     report = sync(racing, open_local(b), state, SyncOptions())
@@ -425,19 +426,18 @@ def test_a_message_moved_from_new_to_cur_between_the_two_listings_is_not_lost(tm
     os.rename(b / "new" / "1.M1P1.x,S=3", b / "new" / "1.M1P1.x,S=3:2,F")  # flagged on b
     os.utime(a / "new", (1, 1))
     racing = open_local(a)
-    list_folder = racing.list
+    list_names = racing.names
     read = []
 
-    def read_between(folders, subdirs=(CUR, NEW)):
+    def read_between(folder, subdirs):
         if read or tuple(subdirs) != (CUR, NEW):
-            return list_folder(folders, subdirs)
-        cur = list_folder(folders, (CUR,))
+            return list_names(folder, subdirs)
+        cur = list_names(folder, (CUR,))
         os.rename(a / "new" / "1.M1P1.x,S=3", a / "cur" / "1.M1P1.x,U=9,S=3:2,S")
         read.append(True)
-        new = list_folder(folders, (NEW,))
-        return {f: cur[f] + new[f] for f in folders}
+        return cur + list_names(folder, (NEW,))
 
-    racing.list = read_between
+    racing.names = read_between
     sync(racing, open_local(b), state, SyncOptions())
     assert read
     sync(open_local(a), open_local(b), state, SyncOptions())

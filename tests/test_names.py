@@ -11,6 +11,7 @@ from mailmirror.maildir.names import (
     MAX_NAME,
     InvalidName,
     check_name,
+    from_raw,
     is_listable,
     split_names,
 )
@@ -33,7 +34,7 @@ def one_by_one(block: bytes, subdir: str = "cur") -> list[str] | None:
 
 def batch(block: bytes, subdir: str = "cur") -> list[str] | None:
     try:
-        return split_names(block, subdir)
+        return list(map(from_raw, split_names(block, subdir)))
     except InvalidName:
         return None
 

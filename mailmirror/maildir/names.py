@@ -101,33 +101,44 @@ def split_relname(relname: str, subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> tup
 _BLOCK_BYTES = bytes(range(0x20, 0x7F)).replace(b"/", b"") + b"\n"
 
 
-def split_names(block: bytes, subdir: str) -> list[str]:
-    """The relnames ("SUBDIR/NAME") of one block of a remote's listing: file names joined by
-    newlines. Raises InvalidName unless every NAME is valid (check_name) and no dot file,
-    which listings leave out.
+def split_names(block: bytes, subdir: str) -> list[bytes]:
+    """The raw relnames (b"SUBDIR/NAME", see from_raw) of one block of a remote's listing:
+    file names joined by newlines. Raises InvalidName unless every NAME is valid (check_name)
+    and no dot file, which listings leave out.
 
-    A few passes in C over the block instead of a check per name (100,000 names: about
-    35 ms, against 90 ms to decode them from JSON and check them); only a block that is not
-    all printable ASCII, or looks odd, is checked name by name.
+    A few passes in C over the block instead of a check per name, and no str per name: the
+    scan compares raw relnames (100,000 names: 18 ms to split, against 50 ms as str); only a
+    block that is not all printable ASCII, or looks odd, is checked name by name.
     """
     if not block:
         return []
-    prefix = subdir + "/"
+    prefix = subdir.encode() + b"/"
     if (not is_plain_block(block) or block.startswith((b"\n", b"."))
             or block.endswith(b"\n") or b"\n\n" in block or b"\n." in block):
-        names = block.decode("utf-8", "surrogateescape").split("\n")
+        names = block.split(b"\n")
         for name in names:
-            check_name(name)
-            if name.startswith("."):
-                raise InvalidName(f"a dot file {name!r} in a listing")
+            check_name(from_raw(name))
+            if name.startswith(b"."):
+                raise InvalidName(f"a dot file {from_raw(name)!r} in a listing")
         return [prefix + name for name in names]
     # printable ASCII, no slash, no empty line, no line starting with a dot: only the
     # length is left to check
-    relnames = (prefix + block.decode("ascii").replace("\n", "\n" + prefix)).split("\n")
+    relnames = (prefix + block.replace(b"\n", b"\n" + prefix)).split(b"\n")
     if max(map(len, relnames)) > len(prefix) + MAX_NAME:
-        name = max(relnames, key=len)[len(prefix):]
+        name = from_raw(max(relnames, key=len)[len(prefix):])
         raise InvalidName(f"message file name {name[:40]!r}... is longer than {MAX_NAME} bytes")
     return relnames
+
+
+def from_raw(raw: bytes) -> str:
+    """A name or relname as the rest of mailmirror holds it, from its raw form: UTF-8, with
+    bytes that are not (a name check_name refuses) kept as os.fsdecode keeps them."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def to_raw(name: str) -> bytes:
+    """The inverse of from_raw."""
+    return name.encode("utf-8", "surrogateescape")
 
 
 def parse_name(name: str, sep: str = ":") -> Name:

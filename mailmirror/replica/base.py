@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from mailmirror.maildir.names import MESSAGE_SUBDIRS
+from mailmirror.maildir.names import MESSAGE_SUBDIRS, to_raw
 from mailmirror.sync.model import Entry
 
 
@@ -107,9 +107,11 @@ class Replica(Protocol):
         ...
 
     def listings(self, folders: Sequence[tuple[str, Sequence[str]]]
-                 ) -> Iterator[tuple[str, list[str]]]:
-        """list() of each (folder, subdirs) in turn; a remote replica works on the next ones
-        meanwhile. The replica may be used for other calls between two steps.
+                 ) -> Iterator[tuple[str, list[bytes]]]:
+        """list() of each (folder, subdirs) in turn, as raw relnames (names.to_raw): the scan
+        compares 100,000s of them with the base's and turns into str only those that differ.
+        A remote replica works on the next ones meanwhile. The replica may be used for other
+        calls between two steps.
         """
         ...
 
@@ -181,7 +183,7 @@ def delivered_now(replica: Replica, items: Sequence[Delivery]) -> Callable[[], l
 
 
 def one_by_one(replica: Replica, folders: Sequence[tuple[str, Sequence[str]]]
-               ) -> Iterator[tuple[str, list[str]]]:
+               ) -> Iterator[tuple[str, list[bytes]]]:
     """listings() for a replica that gains nothing from fetching ahead."""
     for folder, subdirs in folders:
-        yield folder, replica.list([folder], subdirs)[folder]
+        yield folder, list(map(to_raw, replica.list([folder], subdirs)[folder]))

@@ -12,6 +12,7 @@ import errno
 import itertools
 import os
 import stat
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -34,7 +35,7 @@ from mailmirror.maildir.fsops import (
     rename_noreplace,
     sync_filesystem,
 )
-from mailmirror.maildir.names import MESSAGE_SUBDIRS, split_relname
+from mailmirror.maildir.names import MESSAGE_SUBDIRS, split_relname, to_raw
 from mailmirror.maildir.tombstones import (
     TOMBSTONES_FILE,
     format_deletions,
@@ -51,11 +52,14 @@ from mailmirror.replica.base import (
     Result,
     Stamp,
     delivered_now,
-    one_by_one,
 )
 from mailmirror.sync.model import Entry
 
 ID_FILE = "mailmirror-id"
+_RAW_IS_FS = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()) == (
+    "utf-8", "surrogateescape")
+"""Whether file names as bytes are already raw names (names.to_raw): everywhere but under a
+legacy locale, where listings take the slow way through str."""
 TMP_SUFFIX = ".mmtmp"
 MAX_MESSAGE = 1 << 30
 TOMBSTONE_REWRITE_BYTES = 8 << 20
@@ -112,19 +116,17 @@ class LocalReplica:
         listing = {}
         for folder in folders:
             names: list[str] = []
-            for sub, entries in zip(subdirs, self._entries(folder, subdirs), strict=True):
-                prefix = sub + "/"
-                names.extend(prefix + n for n in entries if n[0] != ".")
+            for sub, entries in zip(subdirs, self.names(folder, subdirs), strict=True):
+                names += (f"{sub}/{os.fsdecode(n)}" for n in entries)
             listing[folder] = names
         return listing
 
-    def names(self, folder: str, subdirs: Sequence[str]) -> list[list[str]]:
-        """The file names in each of a folder's `subdirs`, dot files left out: list() without
-        the "SUBDIR/" prefixes, which the agent leaves to its client (docs/protocol.md)."""
-        return [[n for n in entries if n[0] != "."]
-                for entries in self._entries(folder, subdirs)]
+    def names(self, folder: str, subdirs: Sequence[str]) -> list[list[bytes]]:
+        """The file names in each of a folder's `subdirs` as the file system has them (bytes),
+        dot files left out: what the agent joins into its blocks (docs/protocol.md)."""
+        return [[n for n in entries if n[:1] != b"."] for entries in self._entries(folder, subdirs)]
 
-    def _entries(self, folder: str, subdirs: Sequence[str]) -> list[list[str]]:
+    def _entries(self, folder: str, subdirs: Sequence[str]) -> list[list[bytes]]:
         base = folder_dir(self.root, folder, self.layout)
         link = _link_in(self.root, base)
         if link is not None:
@@ -137,14 +139,23 @@ class LocalReplica:
             if sub not in MESSAGE_SUBDIRS:
                 raise ValueError(f"not a message subdirectory: {sub!r}")
             try:
-                out.append(os.listdir(base / sub))
+                # as bytes: a third faster than as str, and what the scan compares anyway
+                out.append(os.listdir(os.fsencode(base / sub)))
             except FileNotFoundError:
                 out.append([])
         return out
 
     def listings(self, folders: Sequence[tuple[str, Sequence[str]]]
-                 ) -> Iterator[tuple[str, list[str]]]:
-        return one_by_one(self, folders)
+                 ) -> Iterator[tuple[str, list[bytes]]]:
+        for folder, subdirs in folders:
+            relnames: list[bytes] = []
+            for sub, entries in zip(subdirs, self.names(folder, subdirs), strict=True):
+                prefix = sub.encode() + b"/"
+                if _RAW_IS_FS:
+                    relnames += (prefix + n for n in entries)
+                else:
+                    relnames += (prefix + to_raw(os.fsdecode(n)) for n in entries)
+            yield folder, relnames
 
     def sizes(self, refs: Sequence[Ref]) -> list[int | None]:
         out: list[int | None] = []

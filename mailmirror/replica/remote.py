@@ -17,7 +17,14 @@ from typing import BinaryIO, Protocol, TypeVar
 
 from mailmirror.errors import ReplicaError, printable
 from mailmirror.maildir.folders import InvalidFolder, check_folder
-from mailmirror.maildir.names import MESSAGE_SUBDIRS, InvalidName, is_listable, split_names
+from mailmirror.maildir.names import (
+    MESSAGE_SUBDIRS,
+    InvalidName,
+    from_raw,
+    is_listable,
+    split_names,
+    to_raw,
+)
 from mailmirror.replica.base import (
     Delivery,
     Message,
@@ -233,10 +240,11 @@ class AgentReplica:
              subdirs: Sequence[str] = MESSAGE_SUBDIRS) -> dict[str, list[str]]:
         header, data = self._reply(self._send("list", folders=list(folders),
                                               subdirs=list(subdirs)))
-        return self._listing(header, data, folders, subdirs)
+        return {folder: list(map(from_raw, names))
+                for folder, names in self._listing(header, data, folders, subdirs).items()}
 
     def listings(self, folders: Sequence[tuple[str, Sequence[str]]]
-                 ) -> Iterator[tuple[str, list[str]]]:
+                 ) -> Iterator[tuple[str, list[bytes]]]:
         # LIST_AHEAD requests in flight: the agent lists the next folders while the caller
         # works on this one (strict request/reply left each side idle half the time)
         waiting: deque[tuple[str, Sequence[str], int]] = deque()
@@ -256,13 +264,12 @@ class AgentReplica:
             yield folder, self._listing(header, data, [folder], subdirs)[folder]
 
     def _listing(self, header: dict, data: bytes, folders: Sequence[str],
-                 subdirs: Sequence[str]) -> dict[str, list[str]]:
-        """The relnames of a `list` reply: per folder, one block of names for each subdir
-        asked, their lengths in the result (docs/protocol.md). The prefixes are ours, so a
-        name can only claim a subdir the client asked for. Names a block cannot carry (a
-        newline, not UTF-8) come apart
-        (`unlisted`); they are listed too, for the scan to skip and report as invalid, as it
-        does in a local maildir."""
+                 subdirs: Sequence[str]) -> dict[str, list[bytes]]:
+        """The raw relnames (names.to_raw) of a `list` reply: per folder, one block of names
+        for each subdir asked, their lengths in the result (docs/protocol.md). The prefixes
+        are ours, so a name can only claim a subdir the client asked for. Names a block
+        cannot carry (a newline, not UTF-8) come apart (`unlisted`); they are listed too, for
+        the scan to skip and report as invalid, as it does in a local maildir."""
         meta = header.get("result")
         if (not isinstance(meta, dict) or set(meta) != set(folders)
                 or not all(isinstance(sizes, list) and len(sizes) == len(subdirs)
@@ -278,17 +285,18 @@ class AgentReplica:
                     for names in by_sub.values())
                 for folder, by_sub in unlisted.items()):
             raise self._bad("listing (names apart)")
-        listing: dict[str, list[str]] = {}
+        listing: dict[str, list[bytes]] = {}
         at = total = 0
         for folder in dict.fromkeys(folders):  # blocks come in the order asked
-            names: list[str] = []
+            names: list[bytes] = []
             for sub, size in zip(subdirs, meta[folder], strict=True):
                 try:
                     names += split_names(data[at:at + size], sub)
                 except InvalidName as exc:
                     raise self._bad(f"message name ({exc})") from None
                 at += size
-                names += [f"{sub}/{name}" for name in unlisted.get(folder, {}).get(sub, ())]
+                names += [to_raw(f"{sub}/{name}")
+                          for name in unlisted.get(folder, {}).get(sub, ())]
             total += len(names)
             if total > MAX_LISTED:
                 raise self._bad("listing (too many names)")

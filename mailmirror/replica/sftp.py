@@ -119,7 +119,7 @@ class SftpReplica:
         return self._run(self._list(folders, subdirs))
 
     def listings(self, folders: Sequence[tuple[str, Sequence[str]]]
-                 ) -> Iterator[tuple[str, list[str]]]:
+                 ) -> Iterator[tuple[str, list[bytes]]]:
         return one_by_one(self, folders)
 
     def sizes(self, refs: Sequence[Ref]) -> list[int | None]:

@@ -16,7 +16,15 @@ from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from mailmirror.maildir.names import InvalidName, Name, key_of, parse_name, size_of
+from mailmirror.maildir.names import (
+    InvalidName,
+    Name,
+    from_raw,
+    key_of,
+    parse_name,
+    size_of,
+    to_raw,
+)
 from mailmirror.replica.base import Ref, Replica, Stamp
 from mailmirror.sync.flags import FlagCodec
 from mailmirror.sync.model import CUR, NEW, Entry, Flags, Side
@@ -196,19 +204,19 @@ def scan(
                 del listed
                 # a base name is the file name on this side, so its key is parsed from it:
                 # only the names that vanished need that, the rest is one C-level set
-                # difference
+                # difference, of raw names (bytes): a str each would cost more than the rest
                 result.listed_count[s] += len(now)
                 result.base_count[s] += len(known_names)
                 if known_names and not now and folder in stamps[s] and folder not in partial[s]:
                     result.emptied[s].add(folder)
                 if not now and folder in stamps[s]:
                     empty[s].append(folder)
-                removed = {key_of(parse_name(n[4:], replicas[s].sep).unique): Ref(folder, n)
-                           for n in known_names - now}
+                removed = _refs(folder, known_names - now, replicas[s].sep)
                 gone[s].update(removed)
                 candidates.update(removed)
                 current = result.current[s]
-                for relname in now.difference(known_names):
+                for raw in now.difference(known_names):
+                    relname = from_raw(raw)
                     parsed = _parse(replicas[s], codec, s, folder, relname, result.invalid,
                                     shared[s])
                     if parsed is None:
@@ -305,13 +313,15 @@ def _moving(replica: Replica, before: dict[str, Stamp], clock: int, margin: int,
     found: dict[str, str] = {}
     # a key's part before its first field (",S=...", ",U=...") starts every name of it:
     # names are matched on that much first, and only the few that match are parsed
-    width = min(len(key.partition(",")[0]) for key in lost)
-    starts = {key[:width] for key in lost}
+    raw_keys = list(map(to_raw, lost))
+    width = min(len(key.partition(b",")[0]) for key in raw_keys)
+    starts = {key[:width] for key in raw_keys}
+    sep = to_raw(replica.sep)
     with closing(replica.listings(suspects)) as listings:
         for folder, names in listings:
-            for relname in names:
-                if relname[4:4 + width] in starts:
-                    key = key_of(relname[4:].partition(replica.sep)[0])
+            for raw in names:
+                if raw[4:4 + width] in starts:
+                    key = key_of(from_raw(raw[4:].partition(sep)[0]))
                     if key in lost:
                         found[key] = folder
     if replica.stamps() != after:
@@ -334,12 +344,21 @@ def _suspects(before: dict[str, Stamp], after: dict[str, Stamp], recent: int,
     return suspects
 
 
+def _refs(folder: str, raws: set[bytes], sep: str) -> dict[str, Ref]:
+    """key -> Ref of the base names (raw) a listing no longer has."""
+    out = {}
+    for raw in raws:
+        relname = from_raw(raw)
+        out[key_of(parse_name(relname[4:], sep).unique)] = Ref(folder, relname)
+    return out
+
+
 def _subdirs(partial: dict[str, str], folder: str) -> tuple[str, ...]:
     only = partial.get(folder)
     return (only,) if only else (CUR, NEW)
 
 
-def _next_listing(listings: Iterator[tuple[str, list[str]]], folder: str) -> list[str]:
+def _next_listing(listings: Iterator[tuple[str, list[bytes]]], folder: str) -> list[bytes]:
     got, names = next(listings)
     if got != folder:
         raise AssertionError(f"listing of {got!r} where {folder!r} was due")

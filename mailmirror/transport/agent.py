@@ -98,7 +98,7 @@ def _list_reply(replica: LocalReplica, header: dict) -> tuple[dict, bytes]:
     data, their byte lengths in the result (docs/protocol.md), and the names that are not
     valid (a newline or control byte in them, not UTF-8: see is_listable) apart, in
     `unlisted`. As JSON, 100,000 names cost this side 76 ms to encode and the client 24 ms
-    to decode; joined, 4 ms and 14 ms."""
+    to decode; joined as the file system gives them (bytes), 4 ms and 18 ms."""
     folders = header.get("folders")
     if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
         raise ProtocolError("list needs folders")
@@ -110,18 +110,19 @@ def _list_reply(replica: LocalReplica, header: dict) -> tuple[dict, bytes]:
     blocks = []
     for folder in folders:
         sizes = lengths[folder] = []
-        for sub, names in zip(subdirs, replica.names(folder, subdirs), strict=True):
-            try:
-                block = "\n".join(names).encode("utf-8")
-                whole = (is_plain_block(block) and block.count(b"\n") == len(names) - 1
-                         or all(map(is_listable, names)))
-            except UnicodeEncodeError:
-                whole = False
-            if not whole:
-                # the client skips and reports them, as it does such a name in a local
-                # maildir: one odd file must not stop every sync of the maildir
-                unlisted.setdefault(folder, {})[sub] = [n for n in names if not is_listable(n)]
-                block = "\n".join(filter(is_listable, names)).encode("utf-8")
+        for sub, raw in zip(subdirs, replica.names(folder, subdirs), strict=True):
+            block = b"\n".join(raw)
+            if not (is_plain_block(block) and block.count(b"\n") == len(raw) - 1):
+                # printable ASCII reads the same in any file system encoding; other names
+                # go through str, as the client holds them (UTF-8 on the wire)
+                names = list(map(os.fsdecode, raw))
+                listable = list(filter(is_listable, names))
+                if len(listable) < len(names):
+                    # the client skips and reports them, as it does such a name in a local
+                    # maildir: one odd file must not stop every sync of the maildir
+                    unlisted.setdefault(folder, {})[sub] = [n for n in names
+                                                            if not is_listable(n)]
+                block = "\n".join(listable).encode("utf-8")
             sizes.append(len(block))
             blocks.append(block)
     return {"result": lengths, **({"unlisted": unlisted} if unlisted else {})}, b"".join(blocks)

@@ -152,6 +152,31 @@ def test_names_that_are_not_utf8_are_skipped_and_the_rest_recorded(tmp_path: Pat
     assert set(messages(a)) == {"1700000000.M1P1.fine"}
 
 
+@pytest.mark.parametrize("raw_is_fs", [True, False])
+def test_listings_in_bytes_or_through_str_find_the_same_names(tmp_path: Path, monkeypatch,
+                                                              raw_is_fs: bool) -> None:
+    """The scan compares raw names (bytes as listed); where the file system encoding is not
+    UTF-8 with surrogateescape (a legacy locale), names go through str on their way: the
+    same messages, the same skipped name, either way."""
+    monkeypatch.setattr("mailmirror.replica.local._RAW_IS_FS", raw_is_fs)
+    a, b = maildir(tmp_path / "a"), maildir(tmp_path / "b")
+    deliver(b, "1700000000.M1P1.caf\u00e9", "INBOX", "cur", "S")
+    deliver(b, "1700000000.M2P1.plain", "INBOX", "new", None)
+    with open(os.fsencode(b / "cur") + b"/1700000000.M3P1.h\xffst:2,S", "wb") as f:
+        f.write(b"Subject: odd\n\n")
+    state = _state(tmp_path)
+    report = sync(open_local(a), open_local(b), state, SyncOptions())
+    assert report.counts == {"copy b->a": 2}, report.counts
+    assert [s for s in report.skipped if "not UTF-8" in s], report.skipped
+    assert set(messages(a)) == {"1700000000.M1P1.caf\u00e9", "1700000000.M2P1.plain"}
+    os.rename(a / "cur" / "1700000000.M1P1.caf\u00e9:2,S",
+              a / "cur" / "1700000000.M1P1.caf\u00e9:2,FS")
+    os.utime(a / "cur", (1, 1))
+    report = sync(open_local(a), open_local(b), state, SyncOptions())
+    assert report.counts == {"move b": 1}, report.counts
+    assert os.listdir(b / "cur").count("1700000000.M1P1.caf\u00e9:2,FS") == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # hostile agents: names the client must refuse
 
