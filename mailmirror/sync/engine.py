@@ -387,8 +387,8 @@ class _Executor:
             if entry is None:
                 self.ready.append((key, None))
                 continue
-            names = (self.names[low].pop(key, None) or self.locs[low][key].relname,
-                     self.names[high].pop(key, None) or self.locs[high][key].relname)
+            names = (self.names[low].pop(key, None) or self.locs[low].relname(key),
+                     self.names[high].pop(key, None) or self.locs[high].relname(key))
             self.ready.append((key, BaseRow(entry, names)))
 
     def _flush_base(self) -> None:

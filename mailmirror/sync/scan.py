@@ -81,6 +81,13 @@ class Listing(dict[str, "Loc | _Shared"]):
     def get(self, key: str, default: Loc | None = None) -> Loc | None:  # type: ignore[override]
         return self[key] if key in self else default
 
+    def relname(self, key: str) -> str:
+        """self[key].relname without building the Loc (once per message of a first sync)."""
+        value = dict.__getitem__(self, key)
+        if type(value) is Loc:
+            return value.relname
+        return f"{value.entry.subdir}/{key}{value.suffix}"
+
     def entry(self, key: str) -> Entry:
         """The planner's entry: with the size the name tells when nothing else told it."""
         entry = dict.__getitem__(self, key).entry

@@ -100,6 +100,13 @@ def encode_flags(flags: Iterable[str]) -> str:
     return FLAG_SEP.join(sorted(flags))
 
 
+@functools.lru_cache(maxsize=4096)
+def _encoded(flags: frozenset[str]) -> str:
+    """encode_flags of an entry's flags: a store holds few distinct sets, and a first sync
+    records one per message."""
+    return encode_flags(flags)
+
+
 @functools.cache
 def _upsert_sql(rows: int) -> str:
     # REPLACE also drops the row of a key that moved folder (the unique key index)
@@ -277,7 +284,7 @@ class SyncState:
                 deletes.append((pair_id, key))
             else:
                 e = row.entry
-                upserts.append((pair_id, key, e.folder, e.subdir, encode_flags(e.flags), e.size,
+                upserts.append((pair_id, key, e.folder, e.subdir, _encoded(e.flags), e.size,
                                 row.names[0], row.names[1]))
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
