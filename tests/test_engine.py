@@ -256,6 +256,32 @@ def test_state_migrates_from_v1_keeping_the_base(tmp_path):
     assert key == "k1" and row.entry == Entry("Work", CUR, frozenset("S"), 5)
 
 
+def test_a_utf16_state_database_still_matches_listed_names(tmp_path):
+    """mailmirror creates UTF-8 databases; in one another tool made in UTF-16, base names read
+    as raw bytes would be UTF-16, match no listed name, and every name would read as removed
+    (found by review: the second sync ended in a traceback)."""
+    import sqlite3
+
+    db = tmp_path / "s.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA encoding = 'UTF-16le'")
+    conn.execute("CREATE TABLE made_elsewhere (x)")
+    conn.commit()
+    conn.close()
+    a, b = tmp_path / "a", tmp_path / "b"
+    create_folder(a, "INBOX")
+    (a / "cur" / "1.M1P1.x,S=3:2,S").write_bytes(b"abc")
+    (a / "cur" / "2.M2P1.caf\u00e9,S=3:2,S").write_bytes(b"def")
+    state = SyncState(open_store(db))
+    assert sync(open_local(a), open_local(b), state, SyncOptions()).counts == {"copy a->b": 2}
+    assert state.base_names(1, "INBOX", {0: None, 1: None}) == {
+        side: {b"cur/1.M1P1.x,S=3:2,S", "cur/2.M2P1.caf\u00e9,S=3:2,S".encode()}
+        for side in (0, 1)}
+    os.unlink(b / "cur" / "1.M1P1.x,S=3:2,S")
+    assert sync(open_local(a), open_local(b), state, SyncOptions(full=True)).counts == {
+        "delete a": 1}
+
+
 @pytest.mark.parametrize("count", [1, 99, 100, 101, 250])
 def test_base_rows_written_in_several_statements_read_back_exactly(tmp_path, count):
     """write_base puts many rows in one INSERT: every chunk boundary keeps each row once, and

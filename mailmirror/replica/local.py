@@ -35,7 +35,7 @@ from mailmirror.maildir.fsops import (
     rename_noreplace,
     sync_filesystem,
 )
-from mailmirror.maildir.names import MESSAGE_SUBDIRS, split_relname, to_raw
+from mailmirror.maildir.names import MESSAGE_SUBDIRS, split_relname
 from mailmirror.maildir.tombstones import (
     TOMBSTONES_FILE,
     format_deletions,
@@ -154,7 +154,7 @@ class LocalReplica:
                 if _RAW_IS_FS:
                     relnames += (prefix + n for n in entries)
                 else:
-                    relnames += (prefix + to_raw(os.fsdecode(n)) for n in entries)
+                    relnames += (prefix + _raw_of(n) for n in entries)
             yield folder, relnames
 
     def sizes(self, refs: Sequence[Ref]) -> list[int | None]:
@@ -446,6 +446,18 @@ def check_local(path: str | Path, layout: str = MAILDIRPP) -> Path:
         raise ReplicaError(f"{root} is not a maildir (no cur/ new/ tmp/) and not empty: "
                            "check the path")
     return root
+
+
+def _raw_of(name: bytes) -> bytes:
+    """Under a legacy locale, the raw name (names.to_raw) of what os.fsdecode makes of `name`.
+    A name that is not text in that encoding gets one that from_raw reads back as not
+    UTF-8 either, so the scan skips and reports it, as it must: every other call would fail
+    on its str."""
+    text = os.fsdecode(name)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 def open_local(path: str | Path, layout: str = MAILDIRPP, sep: str = ":",

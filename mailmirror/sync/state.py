@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from mailmirror import crashpoint
+from mailmirror.maildir.names import to_raw
 from mailmirror.replica.base import Replica, Stamp
 from mailmirror.store import Store
 from mailmirror.sync.model import Entry
@@ -149,6 +150,10 @@ class SyncState:
         store.migrate(COMPONENT, MIGRATIONS)
         self.store = store
         self.conn: sqlite3.Connection = store.conn
+        # a BLOB cast gives the text as stored: raw names (UTF-8) only in a UTF-8 database,
+        # which is what mailmirror creates; another tool may have made a UTF-16 one
+        (encoding,) = self.conn.execute("PRAGMA encoding").fetchone()
+        self._utf8 = encoding == "UTF-8"
 
     def pair(self, id_low: str, id_high: str, label_low: str, label_high: str,
              create: bool = True) -> PairInfo:
@@ -249,11 +254,16 @@ class SyncState:
     def _names(self, pair_id: int, folder: str, side: int, subdir: str | None) -> set[bytes]:
         column = ("name_low", "name_high")[side]
         only = f" AND substr({column}, 1, 4) = ?" if subdir else ""
-        (joined,) = self.conn.execute(
-            f"SELECT CAST(group_concat({column}, char(10)) AS BLOB) FROM sync_base "
+        joined = f"group_concat({column}, char(10))"
+        (names,) = self.conn.execute(
+            f"SELECT {f'CAST({joined} AS BLOB)' if self._utf8 else joined} FROM sync_base "
             f"WHERE pair_id=? AND folder=?{only}",
             (pair_id, folder, *([f"{subdir}/"] if subdir else []))).fetchone()
-        return set(joined.split(b"\n")) if joined else set()
+        if not names:
+            return set()
+        if self._utf8:
+            return set(names.split(b"\n"))
+        return set(map(to_raw, names.split("\n")))
 
     def base_for(self, pair_id: int, keys: Sequence[str]) -> Iterator[tuple[str, BaseRow]]:
         """Full base rows of these keys (those that have one)."""

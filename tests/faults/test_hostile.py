@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -175,6 +176,40 @@ def test_listings_in_bytes_or_through_str_find_the_same_names(tmp_path: Path, mo
     report = sync(open_local(a), open_local(b), state, SyncOptions())
     assert report.counts == {"move b": 1}, report.counts
     assert os.listdir(b / "cur").count("1700000000.M1P1.caf\u00e9:2,FS") == 1
+
+
+_LEGACY_SYNC = """
+import json, sys
+from mailmirror.replica.local import open_local
+from mailmirror.store import open_store
+from mailmirror.sync.engine import SyncOptions, sync
+from mailmirror.sync.state import SyncState
+a, b, db = sys.argv[1:4]
+state = SyncState(open_store(db))
+runs = [sync(open_local(a), open_local(b), state, SyncOptions()) for _ in range(2)]
+print(json.dumps([sys.getfilesystemencoding()] + [[dict(r.counts), r.skipped] for r in runs]))
+"""
+
+
+def test_under_a_legacy_locale_a_name_that_is_not_ascii_is_skipped_not_failed(
+        tmp_path: Path) -> None:
+    """With an ASCII file system encoding, a UTF-8 name is not text: it must be skipped and
+    reported as such on every run, as before the scan compared bytes, never turned into a
+    copy that fails to read it, run after run (found by review)."""
+    a, b = maildir(tmp_path / "a"), maildir(tmp_path / "b")
+    deliver(a, "1700000000.M1P1.caf\u00e9", "INBOX", "cur", "S")
+    deliver(a, "1700000000.M2P1.plain", "INBOX", "cur", "S")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG"))}
+    env |= {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    out = subprocess.run([sys.executable, "-c", _LEGACY_SYNC, str(a), str(b),
+                          str(tmp_path / "s.db")], env=env, capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2]).stdout
+    encoding, first, second = json.loads(out)
+    assert encoding == "ascii"
+    assert first[0] == {"copy a->b": 1} and second[0] == {}
+    for _, skipped in (first, second):
+        assert len(skipped) == 1 and "not UTF-8" in skipped[0], skipped
+    assert set(messages(b)) == {"1700000000.M2P1.plain"}
 
 
 # ---------------------------------------------------------------------------------------------
