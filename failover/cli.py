@@ -227,7 +227,7 @@ def release(ctx: typer.Context) -> None:
 
     Example: failover release
     """
-    with _session(ctx, need_config=False) as (_, state):
+    with _session(ctx, need_config=False, existing_state=True) as (_, state):
         from failover import engine
 
         health, held = engine.release(state)
@@ -246,7 +246,8 @@ def main() -> None:
 
 @contextmanager
 def _session(
-    ctx: typer.Context, need_config: bool = True, need_state: bool = True, read_only: bool = False
+    ctx: typer.Context, need_config: bool = True, need_state: bool = True, read_only: bool = False,
+    existing_state: bool = False,
 ) -> Iterator[tuple[Config, State]]:
     """Load what a command needs and turn user-facing errors into one line and an exit code;
     a command whose output could not be written exits 1 at least (see Stdout)."""
@@ -258,7 +259,7 @@ def _session(
         from failover.state import open_state
 
         config = load(opts.config) if need_config else None
-        state = open_state(opts.state, read_only) if need_state else None
+        state = open_state(opts.state, read_only, existing_state) if need_state else None
         yield config, state  # type: ignore[misc]
     except typer.Exit as done:
         code = done.exit_code

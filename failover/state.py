@@ -198,19 +198,21 @@ class State:
         return [VerifyRow(z, s, e, v, o, sec, _time(at)) for z, s, e, v, o, sec, at in rows]
 
 
-def open_state(path: Path, readonly: bool = False) -> State:
+def open_state(path: Path, readonly: bool = False, existing: bool = False) -> State:
     """Open the shared store at `path` and bring failover's tables up to date.
 
-    `readonly` (status) creates nothing: a mistyped --state must not leave an empty store
-    behind that then reads as "main is up". Raises NoStateError when the file, or failover's
-    tables in it, do not exist yet; StoreError (exit 3) when the database is unusable or too new.
+    `readonly` (status) writes nothing, and `existing` (release, which writes) creates
+    nothing: a mistyped --state must not leave an empty store behind that then reads as
+    "main is up". With either, raises NoStateError when the file, or failover's tables in
+    it, do not exist yet; StoreError (exit 3) when the database is unusable or too new.
     """
     path = Path(path).expanduser()
-    if readonly and not path.exists():
+    must_exist = readonly or existing
+    if must_exist and not path.exists():
         raise _no_state(path)
-    store = open_store(path, readonly)
+    store = open_store(path, readonly, create=not must_exist)
     try:
-        if readonly and not _has_tables(store):
+        if must_exist and not _has_tables(store):
             raise _no_state(path)
         return State(store)
     except BaseException:
