@@ -127,9 +127,13 @@ def test_check_changes_nothing_and_exits_1_when_main_is_down(runner, config, mai
     assert not (tmp_path / "state").exists()  # not even a state store was created
 
 
-def test_status_with_no_state_yet_says_so_and_creates_none(runner, tmp_path):
+@pytest.mark.parametrize("command", [["status", "--json"], ["release"]])
+def test_with_no_state_yet_status_and_release_say_so_and_create_none(runner, tmp_path,
+                                                                      command):
+    """Neither creates a store at a mistyped --state: an empty one would then read as "main
+    is up" (and nothing can be held where failover never ran)."""
     typo = tmp_path / "typo" / "state.sqlite3"
-    result = runner.invoke(app, ["--state", str(typo), "status", "--json"])
+    result = runner.invoke(app, ["--state", str(typo), *command])
     assert (result.exit_code, result.stdout) == (3, "")
     assert result.stderr == (
         f"failover: no failover state at {typo} yet: nothing has run with this state "
@@ -138,31 +142,14 @@ def test_status_with_no_state_yet_says_so_and_creates_none(runner, tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
-def test_release_with_no_state_yet_says_so_and_creates_none(runner, tmp_path):
-    """Nothing can be held where failover never ran: a mistyped --state is named, and no
-    empty store is left behind (one would then read as "main is up")."""
-    typo = tmp_path / "typo" / "state.sqlite3"
-    result = runner.invoke(app, ["--state", str(typo), "release"])
-    assert (result.exit_code, result.stdout) == (3, "")
-    assert result.stderr.startswith(f"failover: no failover state at {typo} yet: ")
-    assert not (tmp_path / "typo").exists()
+@pytest.mark.parametrize("command", ["status", "release"])
+def test_on_a_store_only_mailmirror_used_there_is_no_failover_state(runner, tmp_path,
+                                                                    command):
     from mailmirror.store import open_store
 
     shared = tmp_path / "state.sqlite3"
     open_store(shared).close()
-    result = runner.invoke(app, ["--state", str(shared), "release"])
-    assert result.exit_code == 3 and "no failover state at" in result.stderr
-    with sqlite3.connect(shared) as conn:
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-    assert not {t for t in tables if t.startswith("failover")}
-
-
-def test_status_on_a_store_only_mailmirror_used_says_there_is_no_failover_state(runner, tmp_path):
-    from mailmirror.store import open_store
-
-    shared = tmp_path / "state.sqlite3"
-    open_store(shared).close()
-    result = runner.invoke(app, ["--state", str(shared), "status"])
+    result = runner.invoke(app, ["--state", str(shared), command])
     assert result.exit_code == 3 and "no failover state at" in result.stderr
     with sqlite3.connect(shared) as conn:
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
