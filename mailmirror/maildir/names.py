@@ -106,9 +106,10 @@ def split_names(block: bytes, subdir: str) -> list[bytes]:
     file names joined by newlines. Raises InvalidName unless every NAME is valid (check_name)
     and no dot file, which listings leave out.
 
-    A few passes in C over the block instead of a check per name, and no str per name: the
-    scan compares raw relnames (100,000 names: 18 ms to split, against 50 ms as str); only a
-    block that is not all printable ASCII, or looks odd, is checked name by name.
+    A few passes in C over the block instead of a check per name (100,000 names: about
+    35 ms, against 90 ms to decode them from JSON and check them), and no str per name: the
+    scan compares raw relnames with the base's. Only a block that is not all printable
+    ASCII, or looks odd, is checked name by name.
     """
     if not block:
         return []

@@ -98,7 +98,8 @@ def _list_reply(replica: LocalReplica, header: dict) -> tuple[dict, bytes]:
     data, their byte lengths in the result (docs/protocol.md), and the names that are not
     valid (a newline or control byte in them, not UTF-8: see is_listable) apart, in
     `unlisted`. As JSON, 100,000 names cost this side 76 ms to encode and the client 24 ms
-    to decode; joined as the file system gives them (bytes), 4 ms and 18 ms."""
+    to decode; joined as the file system gives them (bytes) and checked, about 28 ms and
+    33 ms."""
     folders = header.get("folders")
     if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
         raise ProtocolError("list needs folders")
