@@ -97,15 +97,11 @@ FLAG_SEP = " "
 ROWS_PER_INSERT = (100, 10, 1)
 
 
-def encode_flags(flags: Iterable[str]) -> str:
-    return FLAG_SEP.join(sorted(flags))
-
-
 @functools.lru_cache(maxsize=4096)
-def _encoded(flags: frozenset[str]) -> str:
-    """encode_flags of an entry's flags: a store holds few distinct sets, and a first sync
+def encode_flags(flags: frozenset[str]) -> str:
+    """Cached, as decode_flags is: a store holds few distinct flag sets, and a first sync
     records one per message."""
-    return encode_flags(flags)
+    return FLAG_SEP.join(sorted(flags))
 
 
 @functools.cache
@@ -294,7 +290,7 @@ class SyncState:
                 deletes.append((pair_id, key))
             else:
                 e = row.entry
-                upserts.append((pair_id, key, e.folder, e.subdir, _encoded(e.flags), e.size,
+                upserts.append((pair_id, key, e.folder, e.subdir, encode_flags(e.flags), e.size,
                                 row.names[0], row.names[1]))
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
