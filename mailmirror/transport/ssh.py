@@ -32,6 +32,8 @@ SWITCH_INTERVAL = 0.0005
 """Seconds a thread may hold the GIL while another waits for it (Python's default: 0.005).
 The loop thread gives the GIL up at every socket write and then waited up to the default
 for the copy's reader and recorder threads: a first copy over SSH took about 10% longer."""
+GATHER_BYTES = 256 << 10
+"""Bytes of SSH packets gathered into one socket write at most (see _GatheredWrites)."""
 
 
 class AgentMissing(ReplicaError):
@@ -269,6 +271,7 @@ class SshSession:
                                       keepalive_interval=self.options.keepalive,
                                       keepalive_count_max=3, **_ciphers(host, kwargs), **kwargs)
         _ack_at_once(conn)
+        _gather_writes(conn)
         return conn
 
     def open_agent(self, path: str, layout: str, sep: str, readonly: bool,
@@ -344,6 +347,65 @@ def _ack_at_once(conn: asyncssh.SSHClientConnection) -> None:
 
     conn.data_received = data_received  # type: ignore[method-assign]
     ack()  # what arrived before this was installed
+
+
+class _GatheredWrites:
+    """A connection's transport that writes the SSH packets of one event-loop turn at once.
+
+    asyncssh writes each packet on its own, and an SSH_MSG_IGNORE before each: a copy made
+    65,000 socket writes per GiB, and sshd woke as often to read them. Gathered, sending 1 GiB
+    took 3.0-3.2 s of the client's CPU instead of 3.9-4.6 s, and sshd's 1.7 s instead of
+    2.5 s. The order of writes is kept; abort drops what waits, as the transport's own
+    abort drops its buffer.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._due = False
+
+    def write(self, data: bytes) -> None:
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size >= GATHER_BYTES:
+            self._flush()
+        elif not self._due:
+            self._due = True
+            self._loop.call_soon(self._flush_due)
+
+    def _flush_due(self) -> None:
+        self._due = False
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self._parts:
+            return
+        parts, self._parts, self._size = self._parts, [], 0
+        try:
+            self._transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+        except ConnectionError:
+            pass  # as asyncssh's own write: the lost connection is reported by asyncssh
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._parts, self._size = [], 0
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _gather_writes(conn: asyncssh.SSHClientConnection) -> None:
+    """Install _GatheredWrites under the connection (on the loop, right after connect);
+    an asyncssh without the attribute it replaces keeps writing packet by packet."""
+    transport = getattr(conn, "_transport", None)
+    if transport is not None and callable(getattr(transport, "write", None)):
+        conn._transport = _GatheredWrites(transport, asyncio.get_running_loop())
 
 
 def _client_options(**kwargs: Any) -> asyncssh.SSHClientConnectionOptions:
