@@ -372,7 +372,8 @@ def status(
     from mailmirror.sync.state import SyncState
 
     try:
-        with open_store(state or paths.default_state_path(), create=False) as store:
+        with open_store(state or paths.default_state_path(), readonly=True,
+                        create=False) as store:
             runs = SyncState(store).runs()
     except (MailmirrorError, OSError, sqlite3.Error) as exc:
         _fail(_user_error(exc), debug)

@@ -32,16 +32,19 @@ class Store:
     """An open state database. Use as a context manager or call close()."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection, created: bool,
-                 checked_at: float | None = None) -> None:
+                 checked_at: float | None = None, readonly: bool = False) -> None:
         self.path = path
         self.conn = conn
         self.created = created
+        self.readonly = readonly
         self._checked_at = checked_at  # a check to record once a component's schema is known
 
     def migrate(self, component: str, migrations: Sequence[str]) -> None:
         """Bring `component`'s tables to len(migrations); each entry is one SQL script.
 
         Raises StoreError when the database was written by a newer version of the component.
+        A read-only store (a dry run) that needs a migration gets it on a copy in memory: the
+        run reads the new schema, the file keeps the old one.
         """
         have = self._version(component)
         if have > len(migrations):
@@ -53,6 +56,8 @@ class Store:
             self._record_check()
             return
         try:
+            if self.readonly and not self.created:
+                self._copy_to_memory()
             with self.conn:
                 self.conn.execute("BEGIN IMMEDIATE")
                 # two runs that start together on a new file both saw v0: the second to get
@@ -69,6 +74,13 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"state database {self.path}: migration failed: {exc}") from exc
         self._record_check()
+
+    def _copy_to_memory(self) -> None:
+        memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self.conn.backup(memory)
+        memory.execute("PRAGMA foreign_keys=ON")
+        self.conn.close()
+        self.conn = memory
 
     def _record_check(self) -> None:
         """Write the time of today's check, only once a component found the schema one it
@@ -152,7 +164,7 @@ def open_store(path: Path, readonly: bool = False, create: bool = True) -> Store
         checked_at = _check_now_and_then(conn, created, readonly)
     except sqlite3.Error as exc:
         raise store_error(exc, path) from exc
-    return Store(path, conn, created, checked_at)
+    return Store(path, conn, created, checked_at, readonly)
 
 
 def _full(path: Path | None) -> bool:

@@ -256,6 +256,32 @@ def test_state_migrates_from_v1_keeping_the_base(tmp_path):
     assert key == "k1" and row.entry == Entry("Work", CUR, frozenset("S"), 5)
 
 
+def test_a_dry_run_on_an_older_state_database_migrates_only_a_copy(tmp_path):
+    """A dry run records nothing: a store of an older schema is read through a migrated copy
+    in memory, and the file keeps its version and bytes (the v2 to v3 upgrade used to be
+    written by whichever run came first, a dry run too)."""
+    import hashlib
+    import sqlite3
+
+    from mailmirror.sync.state import COMPONENT, MIGRATIONS
+
+    db = tmp_path / "s.db"
+    with open_store(db) as store:
+        store.migrate(COMPONENT, MIGRATIONS[:2])
+        store.conn.execute("INSERT INTO sync_pair(id_low, id_high) VALUES ('a', 'b')")
+        store.conn.execute("INSERT INTO sync_base VALUES (1, 'Work', 'k1', 'cur', 'S', 5, "
+                           "'cur/k1:2,S', 'cur/k1:2,S')")
+    before = hashlib.sha256(db.read_bytes()).digest()
+    with open_store(db, readonly=True) as store:
+        state = SyncState(store)  # reads through the v3 index, which only the copy has
+        assert state.base_names(1, "Work", {0: None}) == {0: {b"cur/k1:2,S"}}
+    assert hashlib.sha256(db.read_bytes()).digest() == before
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT version FROM schema WHERE component = ?",
+                        (COMPONENT,)).fetchone() == (2,)
+    conn.close()
+
+
 def test_a_utf16_state_database_still_matches_listed_names(tmp_path):
     """mailmirror creates UTF-8 databases; in one another tool made in UTF-16, base names read
     as raw bytes would be UTF-16, match no listed name, and every name would read as removed
