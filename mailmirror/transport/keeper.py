@@ -80,15 +80,40 @@ def keep(spec: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def _locked(lock: Path) -> Iterator[bool]:
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """Whether this keeper holds `lock`; the file is removed on the way out, still locked."""
+    fd = _take(lock)
+    if fd is None:
+        yield False
+        return
     try:
+        yield True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        os.close(fd)
+
+
+def _take(lock: Path) -> int | None:
+    """A descriptor of `lock` locked by us, or None when another keeper holds it.
+
+    A keeper that leaves unlinks its lock file before it lets go of it: one starting at that
+    moment may lock the unlinked file, so it checks that the path still names the file it
+    locked, and otherwise takes the one there now.
+    """
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
+            os.close(fd)
+            return None
+        held = os.fstat(fd)
+        try:
+            named = os.stat(lock)
+        except FileNotFoundError:
+            named = None
+        if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+            return fd
         os.close(fd)
 
 

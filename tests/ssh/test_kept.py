@@ -6,6 +6,7 @@ ssh_config edited, an unsafe socket directory) costs speed only, never a sync or
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ import pytest
 
 from mailmirror.replica.remote import AgentReplica
 from mailmirror.transport.address import Remote
-from mailmirror.transport.keeper import Keeper
+from mailmirror.transport.keeper import Keeper, _locked
 from mailmirror.transport.kept import open_kept, socket_path
 from mailmirror.transport.options import SshOptions
 from mailmirror.transport.protocol import encode_frame
@@ -234,6 +235,40 @@ def test_the_keeper_leaves_after_the_kept_seconds(ssh_rig: SshRig, run_dir: Path
     wait_for("keeper gone", lambda: not Path(f"/proc/{pids[0]}").exists()
              or Path(f"/proc/{pids[0]}/stat").read_text().split()[2] == "Z")
     assert not list((run_dir / "mailmirror").glob("*.sock"))
+    assert not list((run_dir / "mailmirror").glob("*.lock"))
+
+
+def test_a_lock_is_held_by_one_keeper_and_removed_when_it_leaves(tmp_path: Path) -> None:
+    lock = tmp_path / "k.lock"
+    with _locked(lock) as first:
+        assert first
+        with _locked(lock) as second:
+            assert not second
+        assert lock.exists()  # the refused one leaves it alone
+    assert not lock.exists()
+
+
+def test_a_lock_file_unlinked_by_the_keeper_leaving_is_not_the_one_held(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keeper leaving unlinks its lock file between our open and our flock: we got the
+    unlinked file, which no later keeper can see, so we take the one at the path."""
+    lock = tmp_path / "k.lock"
+    real = fcntl.flock
+    calls = []
+
+    def flock(fd: int, operation: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            lock.unlink()
+        real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with _locked(lock) as held:
+        assert held and len(calls) == 2
+        assert lock.exists()
+        monkeypatch.setattr(fcntl, "flock", real)
+        with _locked(lock) as other:
+            assert not other
 
 
 def test_a_killed_keeper_or_its_dropped_connection_costs_only_a_login(
