@@ -101,8 +101,9 @@ def _zone_report_json(z: ZoneReport) -> dict[str, Any]:
         "verify": [
             {
                 "server": s.server,
+                "expected": o.serial,
+                "served": s.serial,
                 "outcome": s.outcome,
-                "serial": s.serial,
                 "seconds": round(s.seconds, 3),
                 "detail": s.detail,
             }
