@@ -79,6 +79,8 @@ class Store:
         memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         self.conn.backup(memory)
         memory.execute("PRAGMA foreign_keys=ON")
+        memory.execute(_SCHEMA)
+        memory.execute(_META)
         self.conn.close()
         self.conn = memory
 
@@ -91,6 +93,8 @@ class Store:
             self._checked_at = None
 
     def _version(self, component: str) -> int:
+        if not _has_table(self.conn, "schema"):  # a file opened read-only that is not ours
+            return 0
         row = self.conn.execute(
             "SELECT version FROM schema WHERE component = ?", (component,)
         ).fetchone()
@@ -110,6 +114,11 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (name,)).fetchone() is not None
+
+
 def _check_now_and_then(conn: sqlite3.Connection, created: bool, readonly: bool
                         ) -> float | None:
     """PRAGMA quick_check once a day: damage found later by a query raises sqlite3 errors,
@@ -117,7 +126,8 @@ def _check_now_and_then(conn: sqlite3.Connection, created: bool, readonly: bool
     as the last check (by Store.migrate), or None."""
     now = time.time()
     if not created:
-        row = conn.execute("SELECT value FROM store_meta WHERE name = 'checked_at'").fetchone()
+        row = (conn.execute("SELECT value FROM store_meta WHERE name = 'checked_at'").fetchone()
+               if _has_table(conn, "store_meta") else None)
         if row and now - float(row[0]) < CHECK_EVERY_SECONDS:
             return None
         check = conn.execute("PRAGMA quick_check").fetchone()[0]
@@ -129,7 +139,8 @@ def _check_now_and_then(conn: sqlite3.Connection, created: bool, readonly: bool
 def open_store(path: Path, readonly: bool = False, create: bool = True) -> Store:
     """Open (creating if absent, unless `create` is False) the state database at `path`.
 
-    `readonly` (dry runs) records nothing of its own, not even the time of the last check;
+    `readonly` (dry runs, status) writes nothing to the file, not even the time of the last
+    check, WAL mode or the store's own tables (--state may name a file that is not ours);
     where there is no database yet, it works on an empty one in memory and creates nothing.
 
     Raises StoreError with a one-line fix when the file is not a usable SQLite database,
@@ -156,11 +167,14 @@ def open_store(path: Path, readonly: bool = False, create: bool = True) -> Store
     try:
         conn = sqlite3.connect(target, timeout=30, isolation_level=None,
                                check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        writes = not readonly or created  # a new read-only store lives in memory
+        if writes:
+            conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute(_SCHEMA)
-        conn.execute(_META)
+        if writes:
+            conn.execute(_SCHEMA)
+            conn.execute(_META)
         checked_at = _check_now_and_then(conn, created, readonly)
     except sqlite3.Error as exc:
         raise store_error(exc, path) from exc

@@ -282,6 +282,27 @@ def test_a_dry_run_on_an_older_state_database_migrates_only_a_copy(tmp_path):
     conn.close()
 
 
+def test_a_read_only_open_of_a_file_that_is_not_a_store_writes_nothing_to_it(tmp_path):
+    """`--state` may name another program's database: a dry run or a status reads it through
+    a copy, and the file keeps its bytes, its journal mode and its tables."""
+    import hashlib
+    import sqlite3
+
+    db = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE notes (x)")
+    conn.commit()
+    conn.close()
+    before = hashlib.sha256(db.read_bytes()).digest()
+    with open_store(db, readonly=True) as store:
+        assert SyncState(store).runs() == []
+    assert hashlib.sha256(db.read_bytes()).digest() == before
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("notes",)]
+    conn.close()
+
+
 def test_a_utf16_state_database_still_matches_listed_names(tmp_path):
     """mailmirror creates UTF-8 databases; in one another tool made in UTF-16, base names read
     as raw bytes would be UTF-16, match no listed name, and every name would read as removed
