@@ -80,7 +80,8 @@ def keep(spec: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def _locked(lock: Path) -> Iterator[bool]:
-    """Whether this keeper holds `lock`; the file is removed on the way out, still locked."""
+    """Whether this keeper holds `lock`; the file is removed on the way out, still locked,
+    unless another file has taken its name meanwhile (removed by hand: another keeper's)."""
     fd = _take(lock)
     if fd is None:
         yield False
@@ -88,8 +89,9 @@ def _locked(lock: Path) -> Iterator[bool]:
     try:
         yield True
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
+        if _names(lock, fd):
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
         os.close(fd)
 
 
@@ -107,14 +109,19 @@ def _take(lock: Path) -> int | None:
         except BlockingIOError:
             os.close(fd)
             return None
-        held = os.fstat(fd)
-        try:
-            named = os.stat(lock)
-        except FileNotFoundError:
-            named = None
-        if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+        if _names(lock, fd):
             return fd
         os.close(fd)
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether `path` names the file open as `fd`."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 class Keeper:

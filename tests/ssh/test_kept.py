@@ -59,7 +59,10 @@ def run_dir() -> Iterator[Path]:
 def keeper_pids(run_dir: Path) -> list[int]:
     pids = []
     for lock in (run_dir / "mailmirror").glob("*.lock"):
-        text = lock.read_text().strip()
+        try:
+            text = lock.read_text().strip()
+        except FileNotFoundError:  # its keeper left meanwhile
+            continue
         if text and Path(f"/proc/{text}").exists():
             pids.append(int(text))
     return pids
@@ -245,6 +248,22 @@ def test_a_lock_is_held_by_one_keeper_and_removed_when_it_leaves(tmp_path: Path)
         with _locked(lock) as second:
             assert not second
         assert lock.exists()  # the refused one leaves it alone
+    assert not lock.exists()
+
+
+def test_a_keeper_leaving_removes_only_its_own_lock_file(tmp_path: Path) -> None:
+    """Its lock file was removed by hand and another keeper took the name: that one's file
+    stays, or a third keeper could lock a new one while the second still serves."""
+    lock = tmp_path / "k.lock"
+    with _locked(lock) as first:
+        assert first
+        lock.unlink()
+        second = _locked(lock)
+        assert second.__enter__()
+    assert lock.exists()
+    with _locked(lock) as third:
+        assert not third
+    second.__exit__(None, None, None)
     assert not lock.exists()
 
 
