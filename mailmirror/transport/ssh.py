@@ -387,6 +387,10 @@ class _GatheredWrites:
             self._transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
         except ConnectionError:
             pass  # as asyncssh's own write: the lost connection is reported by asyncssh
+        except Exception:
+            # bytes dropped mid-stream would leave a gap in it: end the connection instead,
+            # which asyncssh then reports as lost
+            self._transport.abort()
 
     def close(self) -> None:
         self._flush()

@@ -62,6 +62,23 @@ def test_close_sends_what_waits_abort_drops_it_and_the_rest_is_the_transport() -
     assert inner.events == ["close", "abort"]
 
 
+def test_a_write_that_fails_otherwise_ends_the_connection() -> None:
+    """Bytes dropped in the middle of the stream would leave a gap in it: the connection is
+    aborted instead, and asyncssh reports it lost."""
+    class Broken(Transport):
+        def write(self, data: bytes) -> None:
+            raise RuntimeError("cannot write")
+
+    async def run() -> Broken:
+        inner = Broken()
+        gathered = _GatheredWrites(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+        gathered.write(b"lost")
+        await asyncio.sleep(0)
+        return inner
+
+    assert asyncio.run(run()).events == ["abort"]
+
+
 def test_a_real_session_gathers_its_packets_and_the_bytes_come_back_whole(
         ssh_rig: SshRig) -> None:
     options = SshOptions(config=ssh_rig.ssh_config, identity=ssh_rig.user_key,
