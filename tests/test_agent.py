@@ -24,7 +24,14 @@ from mailmirror.store import open_store
 from mailmirror.sync.engine import SyncOptions, sync
 from mailmirror.sync.state import SyncState
 from mailmirror.transport.agent import DETAIL_MAX, serve
-from mailmirror.transport.protocol import VERSION, ProtocolError, encode_frame, read_frame
+from mailmirror.transport.protocol import (
+    SEND_CHUNK,
+    VERSION,
+    ProtocolError,
+    encode_frame,
+    read_frame,
+    send_chunks,
+)
 from tests.test_crash import make_tree, published
 
 
@@ -326,6 +333,19 @@ def test_frame_decoder_never_crashes(blob):
 def test_frames_round_trip(header, data):
     frame = read_frame(io.BytesIO(encode_frame(header, data)).read)
     assert frame is not None and frame.header == header and frame.data == data
+
+
+@given(st.lists(st.sampled_from([1, 1000, SEND_CHUNK // 3, SEND_CHUNK - 1, SEND_CHUNK,
+                                  SEND_CHUNK * 3]), max_size=12))
+def test_send_chunks_keep_the_bytes_and_never_copy_a_large_piece(sizes):
+    pieces = [bytes([n % 251]) * size for n, size in enumerate(sizes)]
+    chunks = list(send_chunks(pieces))
+    assert b"".join(chunks) == b"".join(pieces)
+    large = [piece for piece in pieces if len(piece) >= SEND_CHUNK]
+    assert [chunk for chunk in chunks if any(chunk is piece for piece in large)] == large
+    # small pieces still travel together: no chunk but the last of a run is short
+    runs = [chunk for chunk in chunks if not any(chunk is piece for piece in large)]
+    assert sum(len(chunk) < SEND_CHUNK for chunk in runs) <= len(large) + 1
 
 
 def test_deliver_through_agent_is_durable_and_no_clobber(tmp_path):
