@@ -89,7 +89,7 @@ def _locked(lock: Path) -> Iterator[bool]:
     try:
         yield True
     finally:
-        if _names(lock, fd):
+        if _still_ours(lock, os.fstat(fd).st_ino):
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()
         os.close(fd)
@@ -109,19 +109,9 @@ def _take(lock: Path) -> int | None:
         except BlockingIOError:
             os.close(fd)
             return None
-        if _names(lock, fd):
+        if _still_ours(lock, os.fstat(fd).st_ino):
             return fd
         os.close(fd)
-
-
-def _names(path: Path, fd: int) -> bool:
-    """Whether `path` names the file open as `fd`."""
-    try:
-        named = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 class Keeper:
